@@ -1,0 +1,3 @@
+from flexnas.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The `flexnas` command line. User errors print one line and exit 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+from flexnas.errors import FlexnasError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", help="search space name (see `flexnas spaces`)")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--width-mult", type=float, default=1.0)
+
+
+def _get_space(args: argparse.Namespace) -> Any:
+    from flexnas import spaces
+
+    return spaces.get(args.space, input_size=args.input_size, num_classes=args.num_classes,
+                      width_mult=args.width_mult)
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from flexnas import spaces
+
+    for name in spaces.names():
+        space = spaces.get(name, input_size=args.input_size, num_classes=args.num_classes)
+        lo, hi = space.cost_range("macs")
+        print(f"{space.describe()}; MACs {lo / 1e6:.1f}M..{hi / 1e6:.1f}M")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    space = _get_space(args)
+    arch = space.decode(args.arch)
+    cost = space.cost_model().cost(arch)
+    out = {"space": space.name, "arch": space.encode(arch), "input_size": space.input_size,
+           "num_classes": space.num_classes, "width_mult": space.width_mult,
+           "macs": int(cost["macs"]), "params": int(cost["params"])}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['arch']}\nMACs {out['macs'] / 1e6:.2f}M  params {out['params'] / 1e6:.3f}M "
+              f"({space.name}, input {space.input_size}, {space.num_classes} classes)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    space = _get_space(args)
+    rng = random.Random(args.seed)
+    for _ in range(args.n):
+        print(space.encode(space.sample(rng)))
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from flexnas import zoo
+
+    rows = zoo.table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="flexnas model zoo (224x224, 1000 classes; MACs = conv + linear multiply-adds)")
+    for col in ("model", "space", "MACs", "published", "diff", "params", "published", "diff", "convention"):
+        table.add_column(col, justify="right" if col not in ("model", "space", "convention") else "left")
+    for r in rows:
+        pp = r["published_params"]
+        table.add_row(r["name"], r["space"], f"{r['macs'] / 1e6:.1f}M", f"{r['published_macs'] / 1e6:.1f}M",
+                      f"{r['macs_diff'] * 100:+.2f}%", f"{r['params'] / 1e6:.3f}M",
+                      f"{pp / 1e6:.2f}M" if pp else "-",
+                      f"{r['params_diff'] * 100:+.2f}%" if r["params_diff"] is not None else "-",
+                      r["params_convention"])
+    Console(width=140).print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flexnas", description="One-shot neural architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("spaces", help="list the registered search spaces")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.set_defaults(func=cmd_spaces)
+
+    p = sub.add_parser("cost", help="exact MACs and params of an architecture string")
+    _space_args(p)
+    p.add_argument("arch", help="architecture string, e.g. k3e6-skip-...")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
+    # `arch` must follow `space` positionally: reorder so `flexnas cost SPACE ARCH --input-size N` works.
+
+    p = sub.add_parser("sample", help="print random architecture strings of a space")
+    _space_args(p)
+    p.add_argument("-n", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("zoo", help="published architectures: our counts vs the published numbers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_zoo)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Pipeline commands register themselves here (supernet, search, run, report, ...).
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FlexnasError as exc:
+        print(f"flexnas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flexnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

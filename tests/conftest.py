@@ -1,0 +1,32 @@
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexnas import spaces
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def rng():
+    return random.Random(0)
+
+
+def small_space(name: str, **kw):
+    """A fast variant of a registered space for tests: CIFAR strides, narrow."""
+    kw.setdefault("input_size", 32)
+    kw.setdefault("num_classes", 10)
+    kw.setdefault("width_mult", 0.5)
+    return spaces.get(name, **kw)
+
+
+ALL_SPACES = spaces.names()
