@@ -84,6 +84,61 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_from_config(args: argparse.Namespace, resume: bool) -> Any:
+    from flexnas.pipeline import Run, load_run_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    return Run.create(cfg, progress=not args.quiet, resume=resume)
+
+
+def cmd_supernet(args: argparse.Namespace) -> int:
+    run = _run_from_config(args, args.resume)
+    if run.checkpoint_path.is_file() and not args.resume:
+        from flexnas.errors import CheckpointError
+
+        raise CheckpointError(f"{run.dir} already has a checkpoint: pass --resume to continue it, "
+                              f"or choose another name=...")
+    final = run.train_supernet(resume=args.resume)
+    print(f"supernet trained: {run.checkpoint_path} ({json.dumps({k: round(v, 4) for k, v in final.items()})})")
+    return 0
+
+
+def _print_chosen(run: Any, result: Any) -> None:
+    from flexnas.report import format_table
+
+    print(format_table(result.best))
+    print(f"report: {run.dir / 'report.md'}  picture: {run.dir / 'pareto.png'}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from flexnas.pipeline import Run
+
+    run = Run.open(args.run, progress=not args.quiet)
+    result = run.search(args.target, strategy=args.strategy, budget=args.budget, seed=args.seed)
+    run.report(result)
+    _print_chosen(run, result)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flexnas.pipeline import Run
+
+    run = Run.open(args.run, progress=False)
+    print(f"report: {run.report()}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run = _run_from_config(args, resume=True)
+    # A run folder continues where it stopped: training resumes from its checkpoint, search reuses
+    # every archived evaluation.
+    run.train_supernet(resume=run.checkpoint_path.is_file())
+    result = run.search()
+    run.report(result)
+    _print_chosen(run, result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexnas", description="One-shot neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,13 +165,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_zoo)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    def config_command(name: str, help_text: str, func: Handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", help="YAML config (see configs/)")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    p = config_command("supernet", "train a supernet into runs/<name>/", cmd_supernet)
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    config_command("run", "supernet -> search -> report, continuing a run folder where it stopped", cmd_run)
+
+    p = sub.add_parser("search", help="search a trained run folder for architectures meeting targets")
+    p.add_argument("run", help="run folder, e.g. runs/quickstart")
+    p.add_argument("--target", action="append", default=[],
+                   help="constraint such as 'macs<=300M', 'params<=4M', '200M<=macs<=300M' (repeatable)")
+    p.add_argument("--strategy", choices=["random", "evolution"], default=None)
+    p.add_argument("--budget", type=int, default=None, help="distinct archs to evaluate")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("report", help="(re)write report.md and pareto.png of a run folder")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_report)
     return parser
-
-
-# Pipeline commands register themselves here (supernet, search, run, report, ...).
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

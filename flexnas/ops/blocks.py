@@ -109,6 +109,10 @@ class MBConv(nn.Module):
                    if style.se_ratio > 0 else None)
         self.project = ConvBNAct(mid, c_out, 1, groups=groups, act="none", bn_affine=style.bn_affine)
 
+    def residual_bns(self) -> list[nn.BatchNorm2d]:
+        """The BN ending the residual branch (zero-initialised so the block starts as identity)."""
+        return [self.project[1]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         if self.expand is not None:
@@ -183,6 +187,9 @@ class MixedKernelBlock(nn.Module):
         self.se = (SqueezeExcite(mid, make_divisible(mid * style.se_ratio, style.se_divisor))
                    if style.se_ratio > 0 else None)
         self.project = ConvBNAct(mid, c_out, 1, act="none", bn_affine=style.bn_affine)
+
+    def residual_bns(self) -> list[nn.BatchNorm2d]:
+        return [self.project[1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.expand(x)

@@ -210,18 +210,21 @@ class SearchSpace(ABC):
 
     # ---- networks and costs ---------------------------------------------------------------------
     def supernet(self) -> "Supernet":
+        from flexnas.ops.init import init_weights
         from flexnas.supernet import Supernet
 
-        return Supernet(self, self._stem(), [self._supernet_layer(layer) for layer in self.layers], self._head())
+        net = Supernet(self, self._stem(), [self._supernet_layer(layer) for layer in self.layers], self._head())
+        return init_weights(net)
 
     def subnet(self, arch: Arch, **options: Any) -> "Network":
         """A freshly initialised standalone network for `arch`. `options` are space-specific extras
         (e.g. SGNAS's `se_ratio`, `act`) that change the standalone net but not the arch."""
+        from flexnas.ops.init import init_weights
         from flexnas.supernet import Network
 
         self.validate(arch)
         layers = [self._subnet_layer(layer, cfg, **options) for layer, cfg in zip(self.layers, self.split(arch))]
-        return Network(self._stem_options(**options), layers, self._head_options(**options))
+        return init_weights(Network(self._stem_options(**options), layers, self._head_options(**options)))
 
     def _stem_options(self, **options: Any) -> nn.Module:
         return self._stem()

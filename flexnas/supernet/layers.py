@@ -92,6 +92,9 @@ class UnifiedLayer(ChoiceLayer):
         self.project_bn = nn.ModuleList(nn.BatchNorm2d(c_out, affine=style.bn_affine) for _ in range(n_sub))
         self.act = activation(style.act)
 
+    def residual_bns(self) -> list[nn.BatchNorm2d]:
+        return list(self.project_bn)
+
     def _kernel_indices(self, config: tuple[int, ...]) -> list[int]:
         return [c for c in config if c < len(self.kernels)]
 

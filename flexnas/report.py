@@ -1,0 +1,186 @@
+"""The run report: `report.md` (chosen arch per target, counts, Pareto front) and `pareto.png`.
+
+Plots are drawn on matplotlib's Agg canvas directly (no pyplot), so writing a report never switches
+the backend of a process that also shows figures, and works on machines without a display.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+from flexnas.errors import ConstraintError, DataError
+from flexnas.search.base import Record, pareto_front
+from flexnas.search.constraints import Constraint
+
+if TYPE_CHECKING:
+    from flexnas.spaces.base import SearchSpace
+
+__all__ = ["format_table", "write_report"]
+
+# metric -> (axis / column title, factor from raw value to displayed value)
+_DISPLAY = {
+    "macs": ("MACs (M)", 1e-6),
+    "params": ("params (M)", 1e-6),
+    "flops": ("FLOPs (M)", 1e-6),
+    "accuracy": ("accuracy (%)", 100.0),
+    "latency_ms": ("latency (ms)", 1.0),
+}
+
+
+def _title(metric: str) -> str:
+    return _DISPLAY.get(metric, (metric, 1.0))[0]
+
+
+def _shown(rec: Record, metric: str, digits: int = 2) -> str:
+    if metric not in rec.metrics:
+        return "—"
+    return f"{rec.metrics[metric] * _DISPLAY.get(metric, (metric, 1.0))[1]:.{digits}f}"
+
+
+def _constraint(key: str) -> Optional[Constraint]:
+    try:
+        return Constraint.parse(key)
+    except ConstraintError:
+        return None  # e.g. 'unconstrained'
+
+
+def _check_metrics(records: Sequence[Record], metrics: Sequence[str]) -> None:
+    for m in metrics:
+        missing = [r for r in records if m not in r.metrics]
+        if missing:
+            raise DataError(f"cannot plot '{m}': {len(missing)} of {len(records)} evaluated archs lack it "
+                            f"(they have {sorted(missing[0].metrics)})")
+
+
+def format_table(best: Mapping[str, Record]) -> str:
+    """Plain-text table of the chosen arch per target for the terminal (arch last: it is long)."""
+    header = ["target", "MACs (M)", "params (M)", "accuracy (%)", "arch"]
+    rows = [[key, _shown(r, "macs"), _shown(r, "params"), _shown(r, "accuracy"), r.text] for key, r in best.items()]
+    if not rows:
+        return "no arch met any target"
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(row: list[str]) -> str:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:-1], widths[1:])] + [row[-1]]
+        return "  ".join(cells)
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _plot(path: Path, records: Sequence[Record], best: Mapping[str, Record], targets: Sequence[Constraint],
+          x: str, y: str, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sx, sy = _DISPLAY.get(x, (x, 1.0))[1], _DISPLAY.get(y, (y, 1.0))[1]
+    fig = Figure(figsize=(7.5, 5.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter([r[x] * sx for r in records], [r[y] * sy for r in records], s=9, color="0.7",
+               label=f"evaluated ({len(records)})", zorder=1)
+    front = pareto_front(records, x, y)
+    ax.plot([r[x] * sx for r in front], [r[y] * sy for r in front], "-o", color="C0", ms=3, lw=1.5,
+            label=f"Pareto front ({len(front)})", zorder=2)
+    colors: dict[str, str] = {}
+    chosen: dict[object, list[str]] = {}  # one star per arch, labelled with every target it won
+    for i, (key, rec) in enumerate(best.items()):
+        colors[key] = f"C{(i + 1) % 10}"
+        c = _constraint(key)
+        chosen.setdefault(rec.arch, []).append(c.label if c is not None else key)
+    for key, rec in best.items():
+        names = chosen.pop(rec.arch, None)
+        if names is None:
+            continue
+        text = ", ".join(names)
+        ax.scatter([rec[x] * sx], [rec[y] * sy], marker="*", s=180, color=colors[key], edgecolors="black",
+                   linewidths=0.6, zorder=4, label=f"best for {text}")
+        ax.annotate(text, (rec[x] * sx, rec[y] * sy), xytext=(6, 6), textcoords="offset points", fontsize=8,
+                    zorder=5)
+    for i, c in enumerate(targets):
+        if c.metric != x:
+            continue
+        color = colors.get(str(c), f"C{(i + 1) % 10}")
+        for bound in (c.low, c.high):
+            if bound is not None:
+                ax.axvline(bound * sx, color=color, ls="--", lw=1, zorder=3)
+    ax.set_xlabel(_title(x))
+    ax.set_ylabel(_title(y))
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _plot_name(x: str, y: str, y_default: str) -> str:
+    return f"pareto_{x}.png" if y == y_default else f"pareto_{x}_{y}.png"
+
+
+def write_report(run_dir: Union[str, Path], space: Optional["SearchSpace"], records: Sequence[Record],
+                 best: Mapping[str, Record], x_metric: str = "macs", y_metric: str = "accuracy",
+                 title: str = "flexnas search report", pairs: Sequence[tuple[str, str]] = (),
+                 targets: Sequence[Union[str, Constraint]] = ()) -> Path:
+    """Write `report.md` and `pareto.png` (x_metric vs y_metric) into `run_dir`, plus one
+    `pareto_<x>.png` (or `pareto_<x>_<y>.png` when y is not `y_metric`) per extra (x, y) in `pairs`.
+    `targets` adds bound lines for targets no arch met (those in `best` are drawn anyway).
+    Returns the path of `report.md`."""
+    run_dir = Path(run_dir)
+    records = list(records)
+    if not records:
+        raise DataError(f"nothing to report in {run_dir}: no evaluated archs (run a search first)")
+    plots = [(x_metric, y_metric, "pareto.png")]
+    plots += [(x, y, _plot_name(x, y, y_metric)) for x, y in pairs if (x, y) != (x_metric, y_metric)]
+    _check_metrics(records, sorted({m for x, y, _ in plots for m in (x, y)}))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    constraints: list[Constraint] = []
+    for key in [*best, *(str(t) for t in targets)]:
+        c = _constraint(key)
+        if c is not None and c not in constraints:
+            constraints.append(c)
+    for x, y, name in plots:
+        _plot(run_dir / name, records, best, constraints, x, y, f"{title}: {_title(y)} vs {_title(x)}")
+
+    lines = [f"# {title}", ""]
+    if space is not None:
+        lines += [f"Space: {space.describe()}", ""]
+    front = pareto_front(records, x_metric, y_metric)
+    lines += [f"Evaluated architectures: {len(records)}; on the {x_metric}/{y_metric} Pareto front: {len(front)}.",
+              ""]
+    lines += ["## Chosen architecture per target", ""]
+    if best:
+        lines += ["| target | arch | MACs (M) | params (M) | accuracy (%) | evaluated archs meeting it |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for key, rec in best.items():
+            c = _constraint(key)
+            meeting = sum(1 for r in records if c is None or c.satisfied(r.metrics))
+            lines.append(f"| `{key}` | `{rec.text}` | {_shown(rec, 'macs')} | {_shown(rec, 'params')} | "
+                         f"{_shown(rec, 'accuracy')} | {meeting} |")
+    else:
+        lines.append("No evaluated arch met any target.")
+    missing = [str(c) for c in constraints if str(c) not in best]
+    if missing:
+        lines += ["", f"No evaluated arch met: {', '.join(f'`{m}`' for m in missing)}."]
+    lines += ["", "## Pareto front", "", f"![{_title(y_metric)} vs {_title(x_metric)}](pareto.png)", ""]
+    for x, y, name in plots[1:]:
+        lines += [f"![{_title(y)} vs {_title(x)}]({name})", ""]
+    lines += [f"| {_title(x_metric)} | {_title(y_metric)} | arch |", "|---:|---:|---|"]
+    lines += [f"| {_shown(r, x_metric)} | {_shown(r, y_metric)} | `{r.text}` |" for r in front]
+    report = run_dir / "report.md"
+    text = "\n".join(lines) + "\n"
+    _atomic_write(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return report

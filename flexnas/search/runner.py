@@ -1,0 +1,81 @@
+"""`SearchConfig` (the `search:` section of a run config) and `run_search`, which dispatches on it."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+from flexnas.errors import ConfigError, did_you_mean
+from flexnas.search import evolution, uniform
+from flexnas.search.archive import Archive
+from flexnas.search.base import Evaluator, SearchResult
+from flexnas.search.constraints import Constraint, check_feasible
+
+if TYPE_CHECKING:
+    from flexnas.spaces.base import SearchSpace
+
+__all__ = ["STRATEGIES", "SearchConfig", "run_search"]
+
+STRATEGIES = ("random", "evolution")
+
+
+@dataclass
+class SearchConfig:
+    """How to search. `budget` counts distinct archs scored (archive hits included, see `Scorer`);
+    `targets` are constraint strings such as 'macs<=300M' or '200M<=macs<=300M'."""
+
+    strategy: str = "evolution"
+    budget: int = 200
+    population: int = 50
+    parents: int = 10
+    mutations: int = 25
+    crossovers: int = 25
+    mutation_prob: float = 0.1
+    targets: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values (not feasibility, which needs the space): called on construction and by
+        `run_search`, so a config edited after loading is checked too."""
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown search strategy '{self.strategy}'{did_you_mean(self.strategy, STRATEGIES)}; "
+                              f"choose one of {', '.join(STRATEGIES)}")
+        for name in ("budget", "population", "parents", "mutations", "crossovers", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"search.{name} must be an integer, got {v!r}")
+        for name, lo in (("budget", 1), ("population", 1), ("parents", 1), ("mutations", 0), ("crossovers", 0)):
+            if getattr(self, name) < lo:
+                raise ConfigError(f"search.{name} must be >= {lo}, got {getattr(self, name)}")
+        if self.mutations + self.crossovers < 1:
+            raise ConfigError("search.mutations + search.crossovers must be at least 1")
+        if isinstance(self.mutation_prob, bool) or not isinstance(self.mutation_prob, (int, float)) \
+                or not 0.0 < self.mutation_prob <= 1.0:
+            raise ConfigError(f"search.mutation_prob must be in (0, 1], got {self.mutation_prob!r}")
+        if isinstance(self.targets, str) or not isinstance(self.targets, list):
+            raise ConfigError(f"search.targets must be a list of constraint strings, got {self.targets!r}")
+        for t in self.targets:
+            Constraint.parse(t)
+
+    def constraints(self) -> list[Constraint]:
+        return [Constraint.parse(t) for t in self.targets]
+
+
+def run_search(space: "SearchSpace", evaluator: Evaluator, cfg: SearchConfig, archive: Optional[Archive] = None,
+               progress: bool = False) -> SearchResult:
+    """Run the strategy `cfg` names, seeded from `cfg.seed`; rerunning the same config on the same
+    archive replays the search without re-evaluating anything (and continues if it was cut short)."""
+    cfg.validate()
+    constraints = cfg.constraints()
+    check_feasible(constraints, space.cost_model())
+    rng = random.Random(cfg.seed)
+    if cfg.strategy == "random":
+        return uniform.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
+                              tag="random", seed=cfg.seed)
+    return evolution.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
+                            population=cfg.population, parents=cfg.parents, mutations=cfg.mutations,
+                            crossovers=cfg.crossovers, mutation_prob=float(cfg.mutation_prob),
+                            tag="evolution", seed=cfg.seed)
