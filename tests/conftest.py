@@ -13,7 +13,8 @@ CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    # One thread: these tiny nets are overhead-bound, and two threads thrash on a busy 2-core machine.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -2,19 +2,35 @@
 SPOS/ShuffleNetV2, and MobileNetV2's macro with the ProxylessNAS candidates)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
-from flexnas.errors import ArchError
+from flexnas.errors import ArchError, SpaceError, did_you_mean
 from flexnas.ops.blocks import BlockStyle, build_op
 from flexnas.spaces.base import ChoicePoint, Config, LayerSpec
 from flexnas.spaces.macro import Macro, MacroSpace, Stage
-from flexnas.supernet.layers import CandidateLayer
+from flexnas.supernet.layers import CandidateLayer, EntangledMBLayer
+
+
+WEIGHT_SHARING = ("independent", "entangled")
 
 
 class CandidateSpace(MacroSpace):
+    """`weight_sharing="independent"` gives each candidate op its own weights (SPOS, ProxylessNAS);
+    `"entangled"` shares one set of MBConv weights among a layer's candidates, Once-for-All style
+    (kernels as centre slices, expansions as leading channels). Arch strings, standalone subnets and
+    costs are the same either way: only how the supernet shares weights differs."""
+
     ops: tuple[str, ...] = ()
+
+    def __init__(self, input_size: int = 224, num_classes: int = 1000, width_mult: float = 1.0,
+                 head_channels: Optional[int] = None, weight_sharing: str = "independent") -> None:
+        if weight_sharing not in WEIGHT_SHARING:
+            raise SpaceError(f"{self.name}: unknown weight_sharing '{weight_sharing}'"
+                             f"{did_you_mean(weight_sharing, WEIGHT_SHARING)}; allowed: {', '.join(WEIGHT_SHARING)}")
+        self.weight_sharing = weight_sharing
+        super().__init__(input_size, num_classes, width_mult, head_channels)
 
     def _points(self, index: int, c_in: int, c_out: int, stride: int) -> tuple[ChoicePoint, ...]:
         shape_preserving = stride == 1 and c_in == c_out
@@ -22,6 +38,8 @@ class CandidateSpace(MacroSpace):
         return (ChoicePoint(f"layer{index}", options),)
 
     def _supernet_layer(self, layer: LayerSpec) -> nn.Module:
+        if self.weight_sharing == "entangled":
+            return EntangledMBLayer(layer.points[0].options, layer.c_in, layer.c_out, layer.stride, self._style())
         return CandidateLayer(layer.points[0].options, layer.c_in, layer.c_out, layer.stride,
                               self._style())
 

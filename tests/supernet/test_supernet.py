@@ -66,6 +66,7 @@ def test_path_training_only_touches_the_path(name):
 def test_mixture_gradients_reach_all_probabilities():
     space = small_space("sgnas", input_size=8, width_mult=0.25)
     net = space.supernet().train()
+    randomise_bn(net)  # zero-initialised residual BNs would (rightly) block the gradient at init
     logits = [torch.zeros(len(p.options), requires_grad=True) for p in space.choices]
     net(torch.randn(4, 3, 8, 8), [l.softmax(-1) for l in logits]).sum().backward()
     assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in logits)
@@ -81,3 +82,32 @@ def test_active_count_distribution_matches_enumeration():
         p = torch.prod(torch.stack([a[i] if b else 1 - a[i] for i, b in enumerate(bits)]))
         brute[sum(bits)] += p
     assert torch.allclose(dist, brute)
+
+
+@pytest.mark.parametrize("name", ["proxyless", "mobilenetv2"])
+def test_entangled_supernet_extracts_exactly_and_shares_weights(name):
+    space = small_space(name, weight_sharing="entangled")
+    net = space.supernet()
+    randomise_bn(net)
+    net.eval()
+    x = torch.randn(3, 3, 32, 32)
+    rng = random.Random(3)
+    for _ in range(4):
+        arch = space.sample(rng)
+        sub = net.extract(arch).eval()
+        with torch.no_grad():
+            assert (net(x, arch) - sub(x)).abs().max().item() <= 1e-5
+        fresh = space.subnet(arch)
+        assert sum(p.numel() for p in sub.parameters()) == sum(p.numel() for p in fresh.parameters())
+    # one conv weight per layer serves every candidate: far fewer parameters than independent ops
+    independent = small_space(name).supernet()
+    assert sum(p.numel() for p in net.parameters()) < 0.6 * sum(p.numel() for p in independent.parameters())
+
+
+def test_entangled_rejects_ops_that_cannot_share():
+    from flexnas.errors import ArchError, SpaceError
+
+    with pytest.raises(ArchError, match="cannot share weights"):
+        small_space("fbnet", weight_sharing="entangled").supernet()
+    with pytest.raises(SpaceError, match="did you mean 'entangled'"):
+        small_space("proxyless", weight_sharing="entangle")

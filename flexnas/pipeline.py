@@ -1,0 +1,207 @@
+"""The end-to-end one-shot pipeline over one run folder.
+
+    runs/<name>/config.yaml       the resolved config (every stage reads it back)
+    runs/<name>/checkpoint.pt     supernet training state (atomic; `--resume` continues it)
+    runs/<name>/tb/               TensorBoard scalars
+    runs/<name>/archive.sqlite    every evaluated arch (a stopped search resumes from it)
+    runs/<name>/chosen.json       the best arch per target
+    runs/<name>/report.md, pareto.png
+
+`flexnas run CONFIG` runs supernet -> search -> report; each stage also runs alone on a run folder.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import yaml
+
+from flexnas.config import apply_overrides, from_dict, load_yaml, to_dict
+from flexnas.data import DataBundle, DataConfig, build_data
+from flexnas.errors import CheckpointError, ConfigError
+from flexnas.search import Archive, SearchConfig, SearchResult, run_search
+from flexnas.spaces import SearchSpace
+from flexnas.train.trainer import TrainConfig
+
+
+@dataclass
+class SpaceConfig:
+    """Which space. `input_size` defaults to the data's image size; `options` are extra space
+    arguments (e.g. `head_channels`)."""
+
+    name: str = "proxyless"
+    width_mult: float = 1.0
+    input_size: Optional[int] = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    """The BN-recalibrating supernet evaluator: `bn_batches` training batches recalibrate each path."""
+
+    bn_batches: int = 20
+    max_val_batches: Optional[int] = None
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    runs_dir: str = "runs"
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+def load_run_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> RunConfig:
+    return from_dict(RunConfig, apply_overrides(load_yaml(path), overrides or []))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use device=cpu or auto")
+    return device
+
+
+class Run:
+    """One run folder and the objects its stages share (data, space, supernet)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.dir = run_dir
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+
+    # ---- folder ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: RunConfig, progress: bool = True, resume: bool = False) -> "Run":
+        """Make (or reopen) `runs_dir/name` and write the resolved config. Reopening an existing run
+        folder needs the same training-relevant config, so a checkpoint is never silently mixed."""
+        run_dir = Path(cfg.runs_dir) / cfg.name
+        config_file = run_dir / "config.yaml"
+        if config_file.is_file():
+            old = from_dict(RunConfig, load_yaml(config_file))
+            for section in ("space", "data", "train"):
+                if to_dict(getattr(old, section)) != to_dict(getattr(cfg, section)):
+                    if resume or (run_dir / "checkpoint.pt").is_file():
+                        raise ConfigError(
+                            f"run folder {run_dir} holds a run with a different '{section}' config; "
+                            f"choose another name (name=...) or delete the folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return cls(cfg, run_dir, progress)
+
+    @classmethod
+    def open(cls, run_dir: Union[str, Path], overrides: Optional[list[str]] = None,
+             progress: bool = True) -> "Run":
+        run_dir = Path(run_dir)
+        config_file = run_dir / "config.yaml"
+        if not config_file.is_file():
+            raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); create one with "
+                              f"`flexnas run CONFIG` or `flexnas supernet CONFIG`")
+        cfg = from_dict(RunConfig, apply_overrides(load_yaml(config_file), overrides or []))
+        return cls(cfg, run_dir, progress)
+
+    # ---- shared objects -------------------------------------------------------------------------
+    @cached_property
+    def data(self) -> DataBundle:
+        return build_data(self.cfg.data, self.device, cache_dir=self.dir / "cache")
+
+    @cached_property
+    def space(self) -> SearchSpace:
+        from flexnas import spaces
+
+        sc = self.cfg.space
+        return spaces.get(sc.name, input_size=sc.input_size or self.data.input_size,
+                          num_classes=self.data.num_classes, width_mult=sc.width_mult, **sc.options)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def trained_supernet(self) -> torch.nn.Module:
+        from flexnas.train.checkpoint import load_checkpoint
+
+        if not self.checkpoint_path.is_file():
+            raise CheckpointError(f"{self.dir} has no trained supernet (no checkpoint.pt); "
+                                  f"run `flexnas supernet {self.dir / 'config.yaml'}` first")
+        state = load_checkpoint(self.checkpoint_path)
+        saved = state["meta"].get("space", {})
+        if saved.get("name") != self.space.name:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path} is for space '{saved.get('name')}', "
+                                  f"the run config says '{self.space.name}'")
+        net = self.space.supernet()
+        try:
+            net.load_state_dict(state["supernet"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path} does not fit the space "
+                                  f"'{self.space.name}': {str(exc).splitlines()[0]}") from None
+        return net.to(self.device).eval()
+
+    # ---- stages ---------------------------------------------------------------------------------
+    def train_supernet(self, resume: bool = False) -> dict[str, float]:
+        from flexnas.train.trainer import Trainer, tensorboard_writer
+
+        torch.manual_seed(self.cfg.seed)
+        supernet = self.space.supernet()
+        writer = tensorboard_writer(self.dir)
+        try:
+            trainer = Trainer(self.space, supernet, self.data.train, self.cfg.train, self.dir, self.device,
+                              self.cfg.seed, writer=writer, progress=self.progress)
+            return trainer.fit(resume=resume)
+        finally:
+            writer.close()
+
+    def evaluator(self, supernet: Optional[torch.nn.Module] = None) -> Any:
+        from flexnas.evaluate import SupernetEvaluator
+
+        ec = self.cfg.evaluate
+        return SupernetEvaluator(supernet or self.trained_supernet(), self.space, self.data.train_eval,
+                                 self.data.val, self.device, bn_batches=ec.bn_batches,
+                                 max_val_batches=ec.max_val_batches)
+
+    def search(self, targets: Optional[list[str]] = None, **changes: Any) -> SearchResult:
+        """Search the trained supernet for every target; the archive makes it resumable."""
+        sc = to_dict(self.cfg.search)
+        sc.update({k: v for k, v in changes.items() if v is not None})
+        if targets:
+            sc["targets"] = list(targets)
+        search_cfg = from_dict(SearchConfig, sc)
+        if not search_cfg.targets:
+            raise ConfigError("no search targets: pass --target 'macs<=300M' (repeatable) or set search.targets")
+        evaluator = self.evaluator()
+        with Archive(self.dir / "archive.sqlite", self.space) as archive:
+            result = run_search(self.space, evaluator, search_cfg, archive=archive, progress=self.progress)
+        chosen = {target: {"arch": rec.text, **{k: float(v) for k, v in rec.metrics.items()}}
+                  for target, rec in result.best.items()}
+        (self.dir / "chosen.json").write_text(json.dumps(chosen, indent=2))
+        return result
+
+    def report(self, result: Optional[SearchResult] = None) -> Path:
+        from flexnas.report import write_report
+        from flexnas.search import Constraint, best_per_target
+
+        with Archive(self.dir / "archive.sqlite", self.space) as archive:
+            records = archive.records()
+        if result is not None:
+            best = result.best
+        else:
+            targets = self.cfg.search.targets
+            chosen_file = self.dir / "chosen.json"
+            if chosen_file.is_file():
+                targets = list(json.loads(chosen_file.read_text()))
+            best = best_per_target(records, [Constraint.parse(t) for t in targets])
+        return write_report(self.dir, self.space, records, best, title=f"flexnas run '{self.cfg.name}'")
