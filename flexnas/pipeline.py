@@ -52,6 +52,7 @@ class RunConfig:
     name: str = "run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: Optional[int] = None  # CPU threads for torch (None: torch's default)
     runs_dir: str = "runs"
     space: SpaceConfig = field(default_factory=SpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -84,6 +85,10 @@ class Run:
         self.dir = run_dir
         self.progress = progress
         self.device = resolve_device(cfg.device)
+        if cfg.threads is not None:
+            if cfg.threads < 1:
+                raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
+            torch.set_num_threads(cfg.threads)
 
     # ---- folder ---------------------------------------------------------------------------------
     @classmethod
