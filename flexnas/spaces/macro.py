@@ -2,6 +2,7 @@
 ShuffleNet family. Subclasses only say what one searchable layer can be."""
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -84,8 +85,9 @@ class MacroSpace(SearchSpace):
                              f"(total stride {total_stride}; use an input of at least {total_stride})")
         return layers
 
+    @abstractmethod
     def _points(self, index: int, c_in: int, c_out: int, stride: int) -> tuple[ChoicePoint, ...]:
-        raise NotImplementedError
+        """The choice points of one searchable layer with these shapes."""
 
     # ---- fixed parts ----------------------------------------------------------------------------
     def _style(self, **options: Any) -> BlockStyle:

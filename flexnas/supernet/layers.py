@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,19 +14,19 @@ from flexnas.errors import ArchError
 from flexnas.ops.blocks import BlockStyle, MixedKernelBlock, activation, build_op
 
 
-class ChoiceLayer(nn.Module):
-    """Base of searchable layers; `num_points` choice points, each with its own option count."""
+class ChoiceLayer(nn.Module, ABC):
+    """Base of searchable layers: `option_counts` gives each of its choice points' option count."""
 
     option_counts: tuple[int, ...]
 
-    def forward_path(self, x: torch.Tensor, config: tuple[int, ...]) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def forward_path(self, x: torch.Tensor, config: tuple[int, ...]) -> torch.Tensor: ...
 
-    def forward_mixture(self, x: torch.Tensor, probs: Sequence[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def forward_mixture(self, x: torch.Tensor, probs: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
-    def extract(self, config: tuple[int, ...]) -> nn.Module:
-        raise NotImplementedError
+    @abstractmethod
+    def extract(self, config: tuple[int, ...]) -> nn.Module: ...
 
 
 class CandidateLayer(ChoiceLayer):
