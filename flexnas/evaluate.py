@@ -8,6 +8,7 @@ do) before measuring validation accuracy. The supernet itself is never modified.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from flexnas.spaces.base import SearchSpace
     from flexnas.supernet import Supernet
 
-__all__ = ["SupernetEvaluator", "recalibrate_bn"]
+__all__ = ["SupernetEvaluator", "evaluate_model", "recalibrate_bn"]
 
 BatchSource = Union[Batches, Iterable[Any]]
 
@@ -73,6 +74,50 @@ def recalibrate_bn(model: nn.Module, batches: BatchSource, num_batches: Optional
     return used
 
 
+def evaluate_model(model: nn.Module, batches: BatchSource, device: Union[str, torch.device, None] = None,
+                   max_batches: Optional[int] = None, topk: int = 5, amp: bool = False) -> dict[str, float]:
+    """Top-1 and top-`topk` accuracy in [0, 1], mean cross-entropy, images and images per second of
+    `model` in eval mode over `batches` (epoch 0 of a Batches, or any iterable of (x, y)).
+
+    `top5` counts a hit when the label is among the min(topk, classes) largest logits. Images per
+    second times the forward passes only (CUDA-synchronised), not data loading. The model's
+    train/eval mode is restored afterwards."""
+    device = torch.device(device) if device is not None else _device_of(model)
+    was_training = model.training
+    model.eval()
+    correct1 = torch.zeros((), dtype=torch.float64, device=device)
+    correctk = torch.zeros((), dtype=torch.float64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    images, seconds = 0, 0.0
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+    try:
+        with torch.no_grad():
+            for x, y in _take(batches, max_batches):
+                x, y = prepare_input(x, device), y.to(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                with autocast:
+                    logits = model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds += time.perf_counter() - start
+                logits = logits.float()
+                loss += F.cross_entropy(logits, y, reduction="sum").double()
+                top = logits.topk(min(topk, logits.shape[1]), dim=1).indices
+                hits = top == y[:, None]
+                correct1 += hits[:, 0].sum()
+                correctk += hits.any(dim=1).sum()
+                images += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    if images == 0:
+        raise DataError("the evaluation data yields no batches")
+    return {"top1": float(correct1) / images, f"top{topk}": float(correctk) / images,
+            "loss": float(loss) / images, "images": float(images),
+            "images_per_sec": images / max(seconds, 1e-9)}
+
+
 class SupernetEvaluator:
     """`evaluate(arch) -> {"accuracy", "loss"}` of one path of a trained supernet, with BN recalibration.
 
@@ -110,14 +155,7 @@ class SupernetEvaluator:
 
     def evaluate(self, arch: Arch) -> dict[str, float]:
         """Top-1 accuracy in [0, 1] and mean cross-entropy on the validation batches."""
-        net = self.path(arch)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
-        loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        with torch.no_grad():
-            for x, y in self.val:
-                logits = net(x).float()
-                loss += F.cross_entropy(logits, y, reduction="sum").double()
-                correct += (logits.argmax(1) == y).sum()
-        return {"accuracy": float(correct) / self.num_val, "loss": float(loss) / self.num_val}
+        m = evaluate_model(self.path(arch), self.val, self.device, topk=1)
+        return {"accuracy": m["top1"], "loss": m["loss"]}
 
     __call__ = evaluate

@@ -39,6 +39,24 @@ def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generat
     return padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
+def cutout(images: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor, 2017): zero one `length` x `length` square per image, centred on a
+    uniformly drawn pixel and clipped at the border, of a normalised float (B, C, H, W) batch.
+
+    Applied after normalisation as the paper does, so the square is the dataset mean, not black.
+    Centres come from `gen` on the CPU (device-independent results); the mask is one broadcast."""
+    b, _, h, w = images.shape
+    if b == 0 or length <= 0:
+        return images
+    centres = torch.stack((torch.randint(0, h, (b,), generator=gen), torch.randint(0, w, (b,), generator=gen)), 1)
+    centres = centres.to(images.device)
+    rows = torch.arange(h, device=images.device)[None, :] - centres[:, :1]      # (B, H)
+    cols = torch.arange(w, device=images.device)[None, :] - centres[:, 1:]      # (B, W)
+    lo, hi = -(length // 2), length - length // 2                               # [c - L//2, c + L - L//2)
+    inside = ((rows >= lo) & (rows < hi))[:, :, None] & ((cols >= lo) & (cols < hi))[:, None, :]
+    return images.masked_fill(inside[:, None], 0.0)
+
+
 class Normalizer:
     """uint8 -> float32 (x / 255 - mean) / std as one fused multiply-add on the batch's device."""
 

@@ -14,7 +14,7 @@ from typing import Optional, Protocol, runtime_checkable
 import torch
 from torch.utils.data import DataLoader
 
-from flexnas.data.augment import Normalizer, pad_crop_flip
+from flexnas.data.augment import Normalizer, cutout, pad_crop_flip
 from flexnas.data.sources import ImageSet, raise_item_errors
 from flexnas.data.split import generator
 from flexnas.errors import DataError
@@ -39,10 +39,12 @@ class Batches(Protocol):
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation: random pad-crop by `pad` pixels and, if `flip`, horizontal flips."""
+    """Training augmentation: random pad-crop by `pad` pixels, if `flip` horizontal flips, and if
+    `cutout` > 0 a zeroed `cutout`-pixel square per image (after normalisation)."""
 
     pad: int
     flip: bool
+    cutout: int = 0
 
 
 class _Planned:
@@ -79,10 +81,12 @@ class _Planned:
         """Move a uint8 batch to the device, augment it there and normalise it to float32."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        if self.augment is not None:
-            gen = generator(self.seed, epoch, self.rank, index, 1)
-            images = pad_crop_flip(images, self.augment.pad, self.augment.flip, gen)
-        return self.normalize(images), labels
+        if self.augment is None:
+            return self.normalize(images), labels
+        gen = generator(self.seed, epoch, self.rank, index, 1)
+        images = pad_crop_flip(images, self.augment.pad, self.augment.flip, gen)
+        # Drawn after the crop's numbers from the same generator: cutout=0 leaves old streams unchanged.
+        return cutout(self.normalize(images), self.augment.cutout, gen), labels
 
     @staticmethod
     def check_start(start: int) -> None:

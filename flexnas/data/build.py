@@ -146,7 +146,7 @@ def build_data(cfg: DataConfig, device: Union[torch.device, str] = "cpu", cache_
     augment = None
     if cfg.augment:
         augment = Augment(pad=default_pad(size, cfg.crop_pad),
-                          flip=source.flip_default if cfg.flip is None else cfg.flip)
+                          flip=source.flip_default if cfg.flip is None else cfg.flip, cutout=cfg.cutout)
     common = {"seed": cfg.seed, "normalize": normalize, "device": device}
     train_kw = {**common, "train": True, "augment": augment, "rank": rank, "world_size": world_size}
     eval_kw = {**common, "train": False, "augment": None}

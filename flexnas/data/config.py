@@ -22,6 +22,7 @@ class DataConfig:
     augment: bool = True
     flip: Optional[bool] = None        # None: the dataset's default (off for digits and npz)
     crop_pad: Optional[int] = None     # None: input_size // 8 (4 at 32 px, 1 at 8 px)
+    cutout: int = 0                    # side of the Cutout square on training images (16 for CIFAR); 0: off
     max_train: Optional[int] = None
     max_test: Optional[int] = None
     seed: int = 0
@@ -47,5 +48,7 @@ def validate(cfg: DataConfig) -> None:
             raise DataError(f"data.{key}={value} must be a positive integer or null")
     if cfg.crop_pad is not None and cfg.crop_pad < 0:
         raise DataError(f"data.crop_pad={cfg.crop_pad} must be >= 0 (or null for input_size // 8)")
+    if cfg.cutout < 0:
+        raise DataError(f"data.cutout={cfg.cutout} must be >= 0 (0 disables Cutout; 16 is the CIFAR-10 value)")
     if cfg.workers < 0:
         raise DataError(f"data.workers={cfg.workers} must be >= 0 (0 decodes in the main process)")

@@ -73,6 +73,17 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.expand(self.act(self.reduce(s))))
 
 
+def drop_connect(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Drop the residual branch of whole samples with probability `rate` and rescale the kept ones
+    (drop-connect of MnasNet/EfficientNet, a.k.a. stochastic depth); identity in eval mode."""
+    if not training or rate <= 0.0:
+        return branch
+    keep = 1.0 - rate
+    mask = torch.empty((branch.shape[0],) + (1,) * (branch.dim() - 1), dtype=branch.dtype,
+                       device=branch.device).bernoulli_(keep)
+    return branch * mask / keep
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
@@ -101,6 +112,7 @@ class MBConv(nn.Module):
         mid = c_in * expand
         self.groups = groups
         self.use_residual = stride == 1 and c_in == c_out
+        self.drop_connect = 0.0  # set per block by the standalone training strategy
         self.expand = (ConvBNAct(c_in, mid, 1, groups=groups, act=style.act, bn_affine=style.bn_affine)
                        if expand != 1 or style.pw_at_e1 else None)
         self.depthwise = ConvBNAct(mid, mid, kernel, stride, groups=mid, act=style.act,
@@ -123,7 +135,7 @@ class MBConv(nn.Module):
         if self.se is not None:
             h = self.se(h)
         h = self.project(h)
-        return h + x if self.use_residual else h
+        return drop_connect(h, self.drop_connect, self.training) + x if self.use_residual else h
 
 
 class ShuffleV2Block(nn.Module):
@@ -179,6 +191,7 @@ class MixedKernelBlock(nn.Module):
         e = len(kernels)
         self.c_in = c_in
         self.use_residual = stride == 1 and c_in == c_out
+        self.drop_connect = 0.0  # set per block by the standalone training strategy
         self.expand = ConvBNAct(c_in, e * c_in, 1, act=style.act, bn_affine=style.bn_affine)
         self.depthwise = nn.ModuleList(
             ConvBNAct(c_in, c_in, k, stride, groups=c_in, act=style.act, bn_affine=style.bn_affine)
@@ -198,7 +211,7 @@ class MixedKernelBlock(nn.Module):
         if self.se is not None:
             h = self.se(h)
         h = self.project(h)
-        return h + x if self.use_residual else h
+        return drop_connect(h, self.drop_connect, self.training) + x if self.use_residual else h
 
 
 class Head(nn.Module):

@@ -12,7 +12,7 @@ from torch import nn
 if TYPE_CHECKING:
     from flexnas.train.trainer import TrainConfig
 
-__all__ = ["param_groups", "build_optimizer", "build_scheduler", "LrSchedule"]
+__all__ = ["param_groups", "build_optimizer", "build_scheduler", "LrSchedule", "RMSpropTF"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -49,7 +49,55 @@ def build_optimizer(params: Iterable[dict[str, Any]] | Iterable[nn.Parameter],
         # alpha=0.9 is the decay TF-era mobile recipes (MnasNet, EfficientNet) use.
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop_tf":
+        return RMSpropTF(params, lr=cfg.lr, alpha=0.9, eps=1e-3, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay)
     raise AssertionError(f"unvalidated optimizer {cfg.optimizer!r}")  # TrainConfig rejects it first
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSprop as TensorFlow 1 computes it, which the MnasNet / EfficientNet / ProxylessNAS ImageNet
+    hyper-parameters (eps=1e-3, alpha=0.9, momentum=0.9) were tuned for:
+
+        ms  <- alpha * ms + (1 - alpha) * g^2          (ms starts at 1, not 0)
+        mom <- momentum * mom + lr * g / sqrt(ms + eps)
+        w   <- w - mom
+
+    torch's RMSprop puts eps outside the root, starts ms at 0 and keeps lr out of the momentum
+    buffer; with eps=1e-3 outside the root the steps are far smaller. Weight decay is L2 added to the
+    gradient, as TF recipes add it to the loss."""
+
+    def __init__(self, params: Any, lr: float = 0.016, alpha: float = 0.9, eps: float = 1e-3,
+                 momentum: float = 0.9, weight_decay: float = 0.0) -> None:
+        if lr <= 0 or not 0 <= alpha < 1 or eps <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"invalid RMSpropTF settings lr={lr} alpha={alpha} eps={eps} "
+                             f"momentum={momentum} weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.ones_like(p)
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                ms = state["square_avg"]
+                ms.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
+                step = grad / ms.add(group["eps"]).sqrt_()
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(step, alpha=group["lr"])
+                p.sub_(buf)
+        return loss
 
 
 @dataclass

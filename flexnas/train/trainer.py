@@ -26,8 +26,8 @@ import torch.distributed as dist
 from torch import nn
 
 import flexnas
-from flexnas.errors import CheckpointError, ConfigError, DataError, did_you_mean
-from flexnas.train import strategies
+from flexnas.errors import CheckpointError, ConfigError, DataError, FlexnasError, did_you_mean
+from flexnas.train import distributed, strategies
 from flexnas.train.checkpoint import load_checkpoint, save_checkpoint
 from flexnas.train.optim import build_optimizer, build_scheduler, param_groups
 from flexnas.train.strategies.base import StepContext, Strategy, step_seed
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Batches", "TrainConfig", "Trainer", "prepare_input", "tensorboard_writer"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.json"
+DERIVED_NAME = "derived.json"
 
 
 class Batches(Protocol):
@@ -55,7 +57,7 @@ class Batches(Protocol):
         ...
 
 
-_OPTIMIZERS = ("sgd", "adam", "rmsprop")
+_OPTIMIZERS = ("sgd", "adam", "rmsprop", "rmsprop_tf")
 _SCHEDULES = ("cosine", "step", "constant")
 # Fields that change how often the run reports or saves, never what it computes: they may differ
 # between a run and its resumption.
@@ -189,9 +191,10 @@ def _space_meta(space: "SearchSpace", supernet: nn.Module) -> dict[str, Any]:
     return meta
 
 
-def _seed_everything(seed: int) -> None:
-    """Seed the global RNGs modules may use (dropout, drop-path); strategies get their own per step."""
-    s = step_seed(seed, -1)
+def _seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed the global RNGs modules may use (dropout, drop-path); strategies get their own per step.
+    Each rank gets its own stream, so ranks draw independent dropout masks for their samples."""
+    s = step_seed(seed, -1 - rank)
     torch.manual_seed(s)
     random.seed(s)
     np.random.seed(s % 2**32)
@@ -203,13 +206,20 @@ class Trainer:
 
     `callbacks` are called as `cb(trainer)` after every step (and after that step's checkpoint), with
     `trainer.epoch`, `trainer.step_in_epoch`, `trainer.global_step` and `trainer.last_metrics` (the
-    strategy's metrics of that step, floats or 0-dim tensors, plus `lr`) set."""
+    strategy's metrics of that step, floats or 0-dim tensors, plus `lr`) set.
+
+    `epoch_end(trainer)`, if given, runs after each epoch (`trainer.epoch` already counts it) and
+    before its checkpoint; the metrics it returns (e.g. validation accuracy) join that epoch's record.
+    Every epoch's record is kept in `trainer.history`, in the checkpoint, and in `run_dir/history.json`
+    (for report curves)."""
 
     def __init__(self, space: "SearchSpace", supernet: "Supernet", train_batches: Batches, cfg: TrainConfig,
                  run_dir: Union[str, Path], device: Union[str, torch.device], seed: int,
                  writer: Optional["SummaryWriter"] = None, progress: bool = True,
                  strategy: Optional[Strategy] = None,
-                 callbacks: Sequence[Callable[["Trainer"], None]] = ()) -> None:
+                 callbacks: Sequence[Callable[["Trainer"], None]] = (),
+                 epoch_end: Optional[Callable[["Trainer"], dict[str, float]]] = None,
+                 val_batches: Optional[Batches] = None) -> None:
         self.space = space
         self.supernet = supernet
         self.batches = train_batches
@@ -220,8 +230,17 @@ class Trainer:
         self.writer = writer
         self.progress = progress
         self.callbacks = list(callbacks)
+        self.epoch_end = epoch_end
+        self.history: list[dict[str, float]] = []
         self.strategy = strategy if strategy is not None else strategies.get(cfg.strategy, **cfg.strategy_args)
         self.strategy.check_space(space)
+        if self.strategy.needs_val and val_batches is None:
+            raise ConfigError(f"strategy '{self.strategy.name}' trains its architecture parameters on the "
+                              f"search-validation split, but the trainer got no val_batches")
+        # Only strategies that train on the search-validation split read it (and checkpoint a position).
+        self._val = (_ValStream(val_batches, _batch_size(train_batches))
+                     if val_batches is not None and self.strategy.needs_val else None)
+        self.derived: Optional[dict[str, Any]] = None
         self.rank, self.world_size = _dist_info()
         self.steps_per_epoch = len(train_batches)
         if self.steps_per_epoch < 1:
@@ -265,29 +284,37 @@ class Trainer:
         net.train()
         self.strategy.setup(net, self.space, device)
         model: nn.Module = net
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # Every step leaves most candidate ops unused, hence find_unused_parameters.
-            model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                            find_unused_parameters=True)
+        # Several ranks: gradients are averaged by `distributed.GradSync` once per step (not DDP's
+        # reducer, see flexnas/train/distributed.py); a launch whose ranks differ stops here.
+        self._grad_sync = distributed.GradSync(device) if self.world_size > 1 else None
+        if self._grad_sync is not None:
+            distributed.check_same("training run", {**self.meta(), "steps_per_epoch": self.steps_per_epoch})
         self.optimizer = build_optimizer(param_groups(net, cfg.weight_decay), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
 
-        if resume:
-            if not self.checkpoint_path.is_file():
-                raise CheckpointError(f"nothing to resume: no checkpoint at {self.checkpoint_path}; "
-                                      f"run without resume to start training")
-            # Loaded on the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
-            self._restore(load_checkpoint(self.checkpoint_path, self.meta(), map_location="cpu"))
-        else:
-            if self.checkpoint_path.exists():
-                raise CheckpointError(f"{self.run_dir} already holds a checkpoint; resume it, or choose a "
-                                      f"new run folder (or delete {self.checkpoint_path}) to start over")
-            _seed_everything(self.seed)
+        error: Optional[FlexnasError] = None
+        try:
+            if resume:
+                if not self.checkpoint_path.is_file():
+                    raise CheckpointError(f"nothing to resume: no checkpoint at {self.checkpoint_path}; "
+                                          f"run without resume to start training")
+                # Loaded on the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
+                self._restore(load_checkpoint(self.checkpoint_path, self.meta(), map_location="cpu"))
+            else:
+                if self.checkpoint_path.exists():
+                    raise CheckpointError(f"{self.run_dir} already holds a checkpoint; resume it, or choose a "
+                                          f"new run folder (or delete {self.checkpoint_path}) to start over")
+                _seed_everything(self.seed, self.rank)
+        except FlexnasError as exc:
+            error = exc
+        distributed.agree(error)   # every rank raises if any rank failed (one alone would hang the rest)
 
         self._params = [p for p in net.parameters() if p.requires_grad]
+        self._sync_params = self._params + list(self.strategy.parameters())
+        if self._grad_sync is not None:
+            # Like DDP: every rank starts from rank 0's weights, whatever each was initialised with.
+            distributed.broadcast_(self._sync_params + list(net.buffers()))
         self._criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         bar = _ProgressBar(enabled=self.progress and self.rank == 0, total_epochs=cfg.epochs,
                            steps_per_epoch=self.steps_per_epoch)
@@ -304,6 +331,7 @@ class Trainer:
                     window.add(metrics, x.shape[0])
                     if self.global_step % cfg.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch:
                         logged, ips = window.flush(self.world_size)
+                        logged = self._mean_over_ranks(logged)
                         self._log(logged, lr, ips)
                         bar.update(self.step_in_epoch, logged.get("loss"), ips)
                     else:
@@ -317,13 +345,18 @@ class Trainer:
                 self.epoch += 1
                 self.step_in_epoch = 0
                 final = self._epoch_summary()
+                if self.epoch_end is not None:
+                    final.update({k: float(v) for k, v in self.epoch_end(self).items()})
+                self.history.append({"epoch": float(self.epoch), **final})
                 self._sums, self._count = {}, 0
                 self._save(final)
+                self._write_history()
                 if self.writer is not None and self.rank == 0:
                     for k, v in final.items():
                         self.writer.add_scalar(f"train_epoch/{k}", v, self.epoch)
         if self.writer is not None and self.rank == 0:
             self.writer.flush()
+        self._write_derived()
         return dict(self._final)
 
     def _step(self, model: nn.Module, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -334,13 +367,16 @@ class Trainer:
                           rng=random.Random(seed), seed=seed, device=device, epoch=self.epoch,
                           global_step=self.global_step, total_steps=self.total_steps,
                           backward=lambda loss: self.scaler.scale(loss).backward(),
-                          step_optimizer=self.scaler.step,
-                          autocast=lambda: torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp))
+                          step_optimizer=self._step_optimizer,
+                          autocast=lambda: torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp),
+                          val_source=self._next_val if self._val is not None else None)
         extra = self.strategy.optimizers()
         self.optimizer.zero_grad(set_to_none=True)
         for opt in extra:
             opt.zero_grad(set_to_none=True)
         metrics = self.strategy.step(ctx, x, y)
+        if self._grad_sync is not None:
+            self._grad_sync(self._sync_params)   # before unscaling: every rank then clips the same gradient
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in self._params if p.grad is not None], cfg.grad_clip)
@@ -361,7 +397,42 @@ class Trainer:
             self._sums[k] = self._sums[k] + t.to(self._sums[k].device) if k in self._sums else t.clone()
         self._count += 1
 
+    def _step_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        """What a strategy calls to step its own optimizer mid-step: average its gradients first."""
+        if self._grad_sync is not None:
+            self._grad_sync([p for group in opt.param_groups for p in group["params"]])
+        self.scaler.step(opt)
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Logged metrics averaged over ranks, so every rank logs (and checks for divergence) the same."""
+        if self.world_size == 1 or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        distributed.average_([t])
+        return dict(zip(keys, t.tolist()))
+
+    def _sync_ranks(self) -> None:
+        """Before a checkpoint or an epoch summary: average BatchNorm running statistics (each rank
+        tracked its own shard; the EMA is linear, so averaging now equals averaging every step) and
+        the epoch's metric sums over ranks, then make sure the weights are still identical."""
+        if self.world_size == 1:
+            return
+        net = self.supernet
+        distributed.average_([b for b in net.buffers() if b.is_floating_point()])
+        self._average_sums()
+        distributed.check_in_sync(self._sync_params + list(net.buffers()))
+
+    def _average_sums(self) -> None:
+        if self.world_size == 1:
+            return
+        keys = sorted(self._sums)
+        sums = [self._sums[k].to(self.device, torch.float64) for k in keys]
+        distributed.average_(sums)
+        self._sums = dict(zip(keys, sums))
+
     def _epoch_summary(self) -> dict[str, float]:
+        self._average_sums()
         out = {k: float(v) / max(1, self._count) for k, v in self._sums.items()}
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["global_step"] = float(self.global_step)
@@ -382,6 +453,9 @@ class Trainer:
     def _save(self, final: Optional[dict[str, float]] = None) -> None:
         if final is not None:
             self._final = final
+        self._sync_ranks()
+        # Each rank's own RNG state (dropout streams differ per rank), so a resume continues each.
+        rngs = distributed.gather_object(_rng_state(self.device))
         if self.rank == 0:
             state = {
                 "meta": self.meta(),
@@ -393,14 +467,49 @@ class Trainer:
                 "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step,
-                "rng": _rng_state(self.device),
+                "rng": rngs[0],
+                "rng_ranks": rngs,
                 "sums": {k: v.cpu() for k, v in self._sums.items()},
                 "count": self._count,
                 "final": self._final,
+                "history": self.history,
+                "val_position": self._val.position() if self._val is not None else None,
             }
             save_checkpoint(self.checkpoint_path, state)
         if self.world_size > 1:
             dist.barrier()
+
+    @property
+    def derived_path(self) -> Path:
+        return self.run_dir / DERIVED_NAME
+
+    def _write_derived(self) -> None:
+        """derived.json: the arch a strategy picked itself (differentiable, DSNAS), with its costs and
+        the probabilities behind it; nothing for strategies that leave the choice to search."""
+        arch = self.strategy.derive(self.space)
+        if arch is None:
+            return
+        cost = self.space.cost_model().cost(arch)
+        self.derived = {"strategy": self.strategy.name, "arch": self.space.encode(arch),
+                        **{k: float(v) for k, v in cost.items()}, "probs": self.strategy.arch_probs()}
+        if self.rank == 0:
+            tmp = self.derived_path.with_name(f".{DERIVED_NAME}.tmp")
+            tmp.write_text(json.dumps(self.derived, indent=1))
+            tmp.replace(self.derived_path)
+
+    def _next_val(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._val is not None
+        x, y = self._val.next()
+        return prepare_input(x, self.device, self.channels_last), y.to(self.device, non_blocking=True)
+
+    def _write_history(self) -> None:
+        """history.json mirrors the checkpoint's history (rewritten whole, so a resume repairs it)."""
+        if self.rank != 0:
+            return
+        path = self.run_dir / HISTORY_NAME
+        tmp = path.with_name(f".{HISTORY_NAME}.tmp")
+        tmp.write_text(json.dumps(self.history, indent=1))
+        tmp.replace(path)
 
     def _restore(self, state: dict[str, Any]) -> None:
         path = self.checkpoint_path
@@ -416,13 +525,61 @@ class Trainer:
             self._sums = {k: v.to(self.device) for k, v in state["sums"].items()}
             self._count = int(state["count"])
             self._final = dict(state["final"])
-            _set_rng_state(state["rng"], self.device)
+            self.history = [dict(h) for h in state.get("history", [])]  # older checkpoints have none
+            if self._val is not None and state.get("val_position") is not None:
+                self._val.seek(*state["val_position"])
+            _set_rng_state(state.get("rng_ranks", [state["rng"]])[self.rank], self.device)
         except CheckpointError:
             raise
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint {path} does not fit this run: {first}; "
                                   f"delete it to start over") from None
+
+
+def _batch_size(batches: Batches) -> Optional[int]:
+    return getattr(batches, "batch_size", None)
+
+
+class _ValStream:
+    """An endless, resumable stream over the search-validation batches for bi-level strategies.
+
+    Validation batches are built for evaluation (often 256 images); each is cut into chunks of the
+    training batch size so an architecture step costs what a weight step does. The position is
+    (batches started, images consumed in the current one), saved in the checkpoint so a resumed run
+    reads the same chunks."""
+
+    def __init__(self, batches: Batches, chunk: Optional[int]) -> None:
+        if len(batches) < 1:
+            raise DataError("the search-validation split yields no batches: lower data.train_portion "
+                            "(e.g. 0.8) to keep images for it")
+        self.batches, self.chunk = batches, chunk
+        self._index, self._offset = 0, 0
+        self._iter: Optional[Iterator[tuple[torch.Tensor, torch.Tensor]]] = None
+        self._iter_at = -1
+        self._current: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def position(self) -> list[int]:
+        return [self._index, self._offset]
+
+    def seek(self, index: int, offset: int) -> None:
+        self._index, self._offset = int(index), int(offset)
+        self._iter, self._current = None, None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._current is None:
+            epoch, start = divmod(self._index, len(self.batches))
+            if self._iter is None or self._iter_at != self._index or start == 0:
+                self._iter = iter(self.batches.epoch(epoch, start=start))
+            self._current = next(self._iter)
+            self._iter_at = self._index + 1
+        x, y = self._current
+        end = len(x) if self.chunk is None else min(len(x), self._offset + self.chunk)
+        out = x[self._offset:end], y[self._offset:end]
+        self._offset = end
+        if end >= len(x):
+            self._index, self._offset, self._current = self._index + 1, 0, None
+        return out
 
 
 class _Window:
