@@ -57,6 +57,8 @@ class StepContext:
     backward: Callable[[torch.Tensor], None]
     step_optimizer: Callable[[torch.optim.Optimizer], None]
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
+    # The next batch of the search-validation split, on the device (None: the trainer has none).
+    val_source: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor]]] = None
     _generator: Optional[torch.Generator] = field(default=None, repr=False)
 
     @property
@@ -71,6 +73,14 @@ class StepContext:
         """Fraction of training done before this step, in [0, 1): for annealed temperatures etc."""
         return self.global_step / max(1, self.total_steps)
 
+    def val_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y) batch of the search-validation split (bi-level strategies train their
+        architecture parameters on it); the trainer keeps and checkpoints the position."""
+        if self.val_source is None:
+            raise ConfigError("this strategy needs search-validation batches, but the trainer was built "
+                              "without val_batches")
+        return self.val_source()
+
     def forward(self, x: torch.Tensor, arch: Union[Arch, Sequence[torch.Tensor]]) -> torch.Tensor:
         """Logits of one path (`Arch`) or of the mixture (`probs`), under the loop's autocast."""
         with self.autocast():
@@ -84,6 +94,10 @@ class StepContext:
 class Strategy:
     """Base class of training strategies. Subclasses set `name` and implement `step`.
 
+    Strategies that set `needs_val` get search-validation batches through `ctx.val_batch()`; those
+    that pick an architecture themselves (differentiable, DSNAS) return it from `derive`, and the
+    trainer writes it to `derived.json` in the run folder when training ends.
+
     Hooks, all optional: `check_space` (refuse spaces the method cannot train), `setup` (build extra
     parameters such as architecture logits, and their optimizers, once the supernet is on its device),
     `optimizers` (the loop zeroes and steps these along with the weight optimizer, through the AMP
@@ -93,6 +107,7 @@ class Strategy:
 
     name: ClassVar[str] = ""
     supported_spaces: ClassVar[Optional[frozenset[str]]] = None
+    needs_val: ClassVar[bool] = False
 
     def check_space(self, space: "SearchSpace") -> None:
         """Raise ConfigError when this strategy cannot train `space`."""
@@ -119,6 +134,15 @@ class Strategy:
 
     def after_step(self, ctx: StepContext) -> None:
         """Called after the optimizers stepped, before the scheduler and the checkpoint."""
+
+    def derive(self, space: "SearchSpace") -> Optional[Arch]:
+        """The architecture this strategy selects by itself (e.g. the argmax of its logits), or None
+        for strategies that leave the choice to a later search."""
+        return None
+
+    def arch_probs(self) -> Optional[list[list[float]]]:
+        """Per choice point, the probabilities behind `derive` (for derived.json), or None."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit; the base class also saves `optimizers()`."""
