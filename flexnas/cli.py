@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-from flexnas.errors import FlexnasError
+from flexnas.errors import ConfigError, FlexnasError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -121,10 +121,63 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from flexnas.pipeline import Run
 
+    folder = Path(args.run)
+    if (folder / "metrics.json").is_file() and not (folder / "archive.sqlite").is_file():
+        from flexnas.report import load_history, write_training_report
+
+        # A `flexnas train` run: test metrics and training curves, no search to plot.
+        metrics = json.loads((folder / "metrics.json").read_text())
+        print(f"report: {write_training_report(folder, metrics, load_history(folder), f'flexnas train {folder.name!r}')}")
+        return 0
     run = Run.open(args.run, progress=False)
-    print(f"report: {run.report()}")
+    pairs = [(x, args.y) for x in (args.x or ["macs"])]
+    print(f"report: {run.report(pairs=pairs)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flexnas.scratch import ScratchRun, config_from_search_run, load_scratch_config
+
+    overrides = list(args.overrides)
+    if args.space:
+        overrides.insert(0, f"space.name={args.space}")
+    if args.arch:
+        overrides.insert(0, f"arch={args.arch}")
+    if Path(args.source).is_dir():
+        if not args.target:
+            raise ConfigError(f"{args.source} is a run folder: pass --target 'macs<=...' to train the arch "
+                              f"its search chose for that target (see its chosen.json)")
+        cfg = config_from_search_run(args.source, args.target, args.config, overrides)
+    else:
+        if args.target:
+            raise ConfigError("--target picks an arch from a search run folder: pass the folder (runs/<name>), "
+                              "not a config file")
+        cfg = load_scratch_config(args.source, overrides)
+    run = ScratchRun.create(cfg, progress=not args.quiet, resume=args.resume)
+    m = run.train(resume=args.resume)
+    print(f"{m['arch']}\nMACs {m['macs'] / 1e6:.2f}M  params {m['params'] / 1e6:.3f}M  test top-1 "
+          f"{m['test_top1'] * 100:.2f}%  top-5 {m['test_top5'] * 100:.2f}%  loss {m['test_loss']:.4f}  "
+          f"({m['weights']} weights)\nrun: {run.dir}  metrics: {run.dir / 'metrics.json'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flexnas.scratch import evaluate_checkpoint
+
+    out = evaluate_checkpoint(args.checkpoint, args.data, args.overrides, split=args.split, device=args.device,
+                              max_batches=args.max_batches)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['arch']} on {out['data']} {out['split']} ({out['images']} images): top-1 {out['top1'] * 100:.2f}%  "
+              f"top-5 {out['top5'] * 100:.2f}%  loss {out['loss']:.4f}  {out['images_per_sec']:,.0f} images/s "
+              f"({out['device']})")
     return 0
 
 
@@ -187,8 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("report", help="(re)write report.md and pareto.png of a run folder")
+    p = sub.add_parser("train", help="train one architecture from scratch into runs/<name>/")
+    p.add_argument("source", help="a training recipe (configs/train_*.yaml), or a search run folder with --target")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=5")
+    p.add_argument("--space", help="search space of --arch (sets space.name)")
+    p.add_argument("--arch", help="architecture string (sets arch)")
+    p.add_argument("--target", help="with a run folder: train the arch its search chose for this target")
+    p.add_argument("--config", help="with a run folder: the training recipe to use (default: built-in defaults)")
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5, loss and images/s of a trained model")
+    p.add_argument("checkpoint", help="a `flexnas train` run folder, its model.pt or its checkpoint.pt")
+    p.add_argument("overrides", nargs="*", help="data key=value overrides, e.g. root=../data max_test=500")
+    p.add_argument("--data", help="dataset name or data YAML (default: the data the model was trained on)")
+    p.add_argument("--split", default="test", help="test (default), val or train")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="(re)write report.md, pareto.png and curves.png of a run folder")
     p.add_argument("run")
+    p.add_argument("--x", action="append", default=None,
+                   help="x metric of an extra Pareto picture: macs, params, latency_ms (repeatable)")
+    p.add_argument("--y", default="accuracy", help="y metric of the extra pictures (default: accuracy)")
     p.set_defaults(func=cmd_report)
     return parser
 

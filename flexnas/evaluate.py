@@ -75,12 +75,14 @@ def recalibrate_bn(model: nn.Module, batches: BatchSource, num_batches: Optional
 
 
 def evaluate_model(model: nn.Module, batches: BatchSource, device: Union[str, torch.device, None] = None,
-                   max_batches: Optional[int] = None, topk: int = 5, amp: bool = False) -> dict[str, float]:
+                   max_batches: Optional[int] = None, topk: int = 5, amp: bool = False,
+                   warmup: bool = True) -> dict[str, float]:
     """Top-1 and top-`topk` accuracy in [0, 1], mean cross-entropy, images and images per second of
     `model` in eval mode over `batches` (epoch 0 of a Batches, or any iterable of (x, y)).
 
     `top5` counts a hit when the label is among the min(topk, classes) largest logits. Images per
-    second times the forward passes only (CUDA-synchronised), not data loading. The model's
+    second times the forward passes only (CUDA-synchronised), not data loading, after one untimed
+    warm-up forward (`warmup`; the first call pays for allocator and kernel setup). The model's
     train/eval mode is restored afterwards."""
     device = torch.device(device) if device is not None else _device_of(model)
     was_training = model.training
@@ -94,6 +96,9 @@ def evaluate_model(model: nn.Module, batches: BatchSource, device: Union[str, to
         with torch.no_grad():
             for x, y in _take(batches, max_batches):
                 x, y = prepare_input(x, device), y.to(device)
+                if warmup and images == 0:
+                    with autocast:
+                        model(x)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
@@ -155,7 +160,7 @@ class SupernetEvaluator:
 
     def evaluate(self, arch: Arch) -> dict[str, float]:
         """Top-1 accuracy in [0, 1] and mean cross-entropy on the validation batches."""
-        m = evaluate_model(self.path(arch), self.val, self.device, topk=1)
+        m = evaluate_model(self.path(arch), self.val, self.device, topk=1, warmup=False)
         return {"accuracy": m["top1"], "loss": m["loss"]}
 
     __call__ = evaluate

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -195,8 +196,11 @@ class Run:
         (self.dir / "chosen.json").write_text(json.dumps(chosen, indent=2))
         return result
 
-    def report(self, result: Optional[SearchResult] = None) -> Path:
-        from flexnas.report import write_report
+    def report(self, result: Optional[SearchResult] = None,
+               pairs: Sequence[tuple[str, str]] = ()) -> Path:
+        """report.md, pareto.png (MACs vs accuracy), one picture per extra (x, y) metric pair, and the
+        supernet's training curves."""
+        from flexnas.report import load_history, write_report
         from flexnas.search import Constraint, best_per_target
 
         with Archive(self.dir / "archive.sqlite", self.space) as archive:
@@ -209,4 +213,5 @@ class Run:
             if chosen_file.is_file():
                 targets = list(json.loads(chosen_file.read_text()))
             best = best_per_target(records, [Constraint.parse(t) for t in targets])
-        return write_report(self.dir, self.space, records, best, title=f"flexnas run '{self.cfg.name}'")
+        return write_report(self.dir, self.space, records, best, title=f"flexnas run '{self.cfg.name}'",
+                            pairs=pairs, history=load_history(self.dir))

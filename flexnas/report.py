@@ -1,15 +1,18 @@
-"""The run report: `report.md` (chosen arch per target, counts, Pareto front) and `pareto.png`.
+"""The run report: `report.md` (chosen arch per target, counts, Pareto front), `pareto.png` plus one
+picture per requested metric pair, and `curves.png` (training curves from the run's history.json, or
+its TensorBoard epoch scalars for runs older than history.json).
 
 Plots are drawn on matplotlib's Agg canvas directly (no pyplot), so writing a report never switches
 the backend of a process that also shows figures, and works on machines without a display.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from flexnas.errors import ConstraintError, DataError
 from flexnas.search.base import Record, pareto_front
@@ -18,7 +21,7 @@ from flexnas.search.constraints import Constraint
 if TYPE_CHECKING:
     from flexnas.spaces.base import SearchSpace
 
-__all__ = ["format_table", "write_report"]
+__all__ = ["format_table", "load_history", "write_report", "write_training_report"]
 
 # metric -> (axis / column title, factor from raw value to displayed value)
 _DISPLAY = {
@@ -130,13 +133,94 @@ def _plot_name(x: str, y: str, y_default: str) -> str:
     return f"pareto_{x}.png" if y == y_default else f"pareto_{x}_{y}.png"
 
 
+History = list[dict[str, float]]
+
+
+def load_history(run_dir: Union[str, Path]) -> History:
+    """Per-epoch records of a run's training: history.json (written by the trainer), else the
+    `train_epoch/*` TensorBoard scalars of older runs, else []."""
+    run_dir = Path(run_dir)
+    path = run_dir / "history.json"
+    if path.is_file():
+        try:
+            return [dict(h) for h in json.loads(path.read_text())]
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path} is not a valid history file ({exc}); delete it, the next epoch rewrites it")
+    if not (run_dir / "tb").is_dir():
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    epochs: dict[int, dict[str, float]] = {}
+    for tag in acc.Tags().get("scalars", []):
+        if tag.startswith("train_epoch/"):
+            for ev in acc.Scalars(tag):  # a resumed run may log an epoch twice: the last value wins
+                epochs.setdefault(ev.step, {"epoch": float(ev.step)})[tag.split("/", 1)[1]] = ev.value
+    return [epochs[e] for e in sorted(epochs)]
+
+
+def _plot_curves(path: Path, history: History, title: str) -> None:
+    """Loss and accuracy per epoch: training (the epoch's running mean) and validation when recorded."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    epochs = [h["epoch"] for h in history]
+    panels = (("loss", (("loss", "train"), ("val_loss", "validation"))),
+              ("accuracy (%)", (("acc", "train"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5"))))
+    for i, (ylabel, series) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        scale = 100.0 if "accuracy" in ylabel else 1.0
+        for key, label in series:
+            points = [(e, h[key] * scale) for e, h in zip(epochs, history) if key in h]
+            if points:
+                ax.plot(*zip(*points), "-o", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _curves_section(run_dir: Path, history: History, title: str) -> list[str]:
+    if not history:
+        return ["## Training curves", "", "No training history recorded in this run folder.", ""]
+    _plot_curves(run_dir / "curves.png", history, f"{title}: training")
+    return ["## Training curves", "", "![training curves](curves.png)", ""]
+
+
+def write_training_report(run_dir: Union[str, Path], metrics: dict[str, Any], history: History,
+                          title: str = "flexnas training report") -> Path:
+    """report.md + curves.png of a from-scratch training run (`flexnas train`): test metrics and curves."""
+    run_dir = Path(run_dir)
+    rows = [("arch", f"`{metrics.get('arch', '?')}` ({metrics.get('space', '?')})"),
+            ("MACs (M)", f"{metrics['macs'] / 1e6:.2f}" if "macs" in metrics else "—"),
+            ("params (M)", f"{metrics['params'] / 1e6:.3f}" if "params" in metrics else "—"),
+            ("epochs", str(metrics.get("epochs", len(history)))),
+            ("test top-1 (%)", f"{metrics['test_top1'] * 100:.2f}" if "test_top1" in metrics else "—"),
+            ("test top-5 (%)", f"{metrics['test_top5'] * 100:.2f}" if "test_top5" in metrics else "—"),
+            ("test loss", f"{metrics['test_loss']:.4f}" if "test_loss" in metrics else "—"),
+            ("weights evaluated", str(metrics.get("weights", "—")))]
+    lines = [f"# {title}", "", "| | |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    lines += _curves_section(run_dir, history, title)
+    report = run_dir / "report.md"
+    text = "\n".join(lines) + "\n"
+    _atomic_write(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return report
+
+
 def write_report(run_dir: Union[str, Path], space: Optional["SearchSpace"], records: Sequence[Record],
                  best: Mapping[str, Record], x_metric: str = "macs", y_metric: str = "accuracy",
                  title: str = "flexnas search report", pairs: Sequence[tuple[str, str]] = (),
-                 targets: Sequence[Union[str, Constraint]] = ()) -> Path:
+                 targets: Sequence[Union[str, Constraint]] = (), history: Optional[History] = None) -> Path:
     """Write `report.md` and `pareto.png` (x_metric vs y_metric) into `run_dir`, plus one
     `pareto_<x>.png` (or `pareto_<x>_<y>.png` when y is not `y_metric`) per extra (x, y) in `pairs`.
     `targets` adds bound lines for targets no arch met (those in `best` are drawn anyway).
+    `history` (per-epoch training records, see `load_history`) adds `curves.png`.
     Returns the path of `report.md`."""
     run_dir = Path(run_dir)
     records = list(records)
@@ -180,6 +264,8 @@ def write_report(run_dir: Union[str, Path], space: Optional["SearchSpace"], reco
         lines += [f"![{_title(y)} vs {_title(x)}]({name})", ""]
     lines += [f"| {_title(x_metric)} | {_title(y_metric)} | arch |", "|---:|---:|---|"]
     lines += [f"| {_shown(r, x_metric)} | {_shown(r, y_metric)} | `{r.text}` |" for r in front]
+    if history is not None:
+        lines += [""] + _curves_section(run_dir, history, title)
     report = run_dir / "report.md"
     text = "\n".join(lines) + "\n"
     _atomic_write(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
