@@ -38,3 +38,10 @@ def get(name: str, **kwargs: Any) -> SearchSpace:
 
 for _cls in (ProxylessSpace, MobileNetV2Space, FBNetSpace, SPOSSpace, SGNASSpace):
     register(_cls.name, _cls)
+
+# Cell-based spaces (issue 7), registered after the macro spaces.
+from flexnas.spaces.nag import NAGSpace  # noqa: E402
+from flexnas.spaces.nb201 import NB201Space  # noqa: E402
+
+for _cls in (NB201Space, NAGSpace):
+    register(_cls.name, _cls)
