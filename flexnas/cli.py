@@ -120,6 +120,35 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nag(args: argparse.Namespace) -> int:
+    from flexnas.search import nag
+
+    out = nag.generate_for_run(args.run, args.acc_class, args.params_class, k=args.k,
+                               model=args.model or nag.DEFAULT_MODEL, metric=args.metric, classes=args.classes,
+                               seed=args.seed, evaluate=not args.no_accuracy)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    row, metric = out["pairs"][0], out["metric"]
+    a, c = row["acc_class"], row["cost_class"]
+    print(f"NAG ({out['model']}) fitted on {out['train_size']} archs of {out['run']}; requested accuracy class "
+          f"{a} ({row['acc_range']}), {metric} class {c} ({row['cost_range']}); {row['train_count']} archs "
+          f"of that pair in the archive")
+    for x in row["archs"]:
+        acc = "" if x["accuracy"] is None else f"  acc {x['accuracy'] * 100:.2f}%"
+        print(f"{x['arch']}  {metric} {x[metric] / 1e6:.3f}M{acc}")
+
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v * 100:.0f}%"
+
+    print(f"in class ({row['model']['n']} generated, {row['random']['n']} random):  {metric} / accuracy / both")
+    for side in ("model", "random"):
+        r = row[side]
+        print(f"  {'nag' if side == 'model' else 'random':<7} {pct(r['cost_hit']):>5} {pct(r['acc_hit']):>5} "
+              f"{pct(r['both_hit']):>5}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -234,11 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder, e.g. runs/quickstart")
     p.add_argument("--target", action="append", default=[],
                    help="constraint such as 'macs<=300M', 'params<=4M', '200M<=macs<=300M' (repeatable)")
-    p.add_argument("--strategy", choices=["random", "evolution"], default=None)
+    p.add_argument("--strategy", choices=["random", "evolution", "nag"], default=None)
     p.add_argument("--budget", type=int, default=None, help="distinct archs to evaluate")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("nag", help="NAG: generate archs for an (accuracy class, params class) from a run's archive")
+    p.add_argument("run", help="run folder with a search archive, e.g. runs/quickstart")
+    p.add_argument("--acc-class", type=int, required=True, help="0 = lowest accuracy third, 2 = highest")
+    p.add_argument("--params-class", "--cost-class", dest="params_class", type=int, required=True,
+                   help="class of --metric (params by default), 0 = cheapest")
+    p.add_argument("-k", type=int, default=10, help="archs to generate (and random archs to compare)")
+    p.add_argument("--model", default=None, help="categorical (default) or gan")
+    p.add_argument("--metric", default="params", help="what the cost class bins: params or macs")
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-accuracy", action="store_true", help="cost classes only: evaluate nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nag)
 
     p = sub.add_parser("train", help="train one architecture from scratch into runs/<name>/")
     p.add_argument("source", help="a training recipe (configs/train_*.yaml), or a search run folder with --target")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from flexnas.errors import ConfigError, did_you_mean
-from flexnas.search import evolution, uniform
+from flexnas.search import evolution, nag, uniform
 from flexnas.search.archive import Archive
 from flexnas.search.base import Evaluator, SearchResult
 from flexnas.search.constraints import Constraint, check_feasible
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STRATEGIES", "SearchConfig", "run_search"]
 
-STRATEGIES = ("random", "evolution")
+STRATEGIES = ("random", "evolution", "nag")
 
 
 @dataclass
@@ -33,6 +33,12 @@ class SearchConfig:
     mutation_prob: float = 0.1
     targets: list[str] = field(default_factory=list)
     seed: int = 0
+    # strategy 'nag' (flexnas/search/nag.py, docs/nag.md): conditional model, share of the budget drawn
+    # uniformly before the first fit, archs per target per refit, accuracy/cost classes.
+    nag_model: str = nag.DEFAULT_MODEL
+    nag_warmup: float = 0.3
+    nag_round: int = 16
+    nag_classes: int = nag.CLASSES
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,6 +65,18 @@ class SearchConfig:
             raise ConfigError(f"search.targets must be a list of constraint strings, got {self.targets!r}")
         for t in self.targets:
             Constraint.parse(t)
+        if self.nag_model not in nag.MODELS:
+            hint = did_you_mean(str(self.nag_model), nag.MODELS)
+            raise ConfigError(f"unknown search.nag_model '{self.nag_model}'{hint}; "
+                              f"choose one of {', '.join(nag.MODELS)}")
+        if isinstance(self.nag_warmup, bool) or not isinstance(self.nag_warmup, (int, float)) \
+                or not 0.0 <= self.nag_warmup <= 1.0:
+            raise ConfigError(f"search.nag_warmup must be a fraction in [0, 1], got {self.nag_warmup!r}")
+        for name, lo, hi in (("nag_round", 1, None), ("nag_classes", 2, nag.MAX_CLASSES)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+                raise ConfigError(f"search.{name} must be an integer >= {lo}" + (f" and <= {hi}" if hi else "")
+                                  + f", got {v!r}")
 
     def constraints(self) -> list[Constraint]:
         return [Constraint.parse(t) for t in self.targets]
@@ -75,6 +93,10 @@ def run_search(space: "SearchSpace", evaluator: Evaluator, cfg: SearchConfig, ar
     if cfg.strategy == "random":
         return uniform.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
                               tag="random", seed=cfg.seed)
+    if cfg.strategy == "nag":
+        return nag.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
+                          model=cfg.nag_model, warmup=float(cfg.nag_warmup), round_size=cfg.nag_round,
+                          classes=cfg.nag_classes, tag="nag", seed=cfg.seed)
     return evolution.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
                             population=cfg.population, parents=cfg.parents, mutations=cfg.mutations,
                             crossovers=cfg.crossovers, mutation_prob=float(cfg.mutation_prob),
