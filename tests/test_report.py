@@ -74,3 +74,71 @@ def test_report_errors(tmp_path):
         write_report(tmp_path, None, [], {})
     with pytest.raises(DataError, match=r"cannot plot 'latency_ms'.*\['accuracy', 'macs', 'params'\]"):
         write_report(tmp_path, None, _records(), {}, pairs=[("latency_ms", "accuracy")])
+
+
+def _search_run_folder(tmp_path, history=True):
+    """A run folder as `flexnas run` leaves it: config, archive of evaluated archs, chosen.json."""
+    import json
+
+    import yaml
+
+    from flexnas.pipeline import RunConfig
+    from flexnas.config import from_dict, to_dict
+    from flexnas.search import Archive
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    cfg = from_dict(RunConfig, {"name": "run", "runs_dir": str(tmp_path), "device": "cpu",
+                                "space": {"name": "proxyless", "width_mult": 0.25, "input_size": 8},
+                                "data": {"name": "digits"}, "search": {"targets": ["macs<=2M"]}})
+    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    space = spaces.get("proxyless", input_size=8, num_classes=10, width_mult=0.25)
+    cost = space.cost_model()
+    import random
+
+    rng = random.Random(0)
+    with Archive(folder / "archive.sqlite", space) as archive:
+        for i in range(12):
+            arch = space.sample(rng)
+            archive.add(arch, {**cost.cost(arch), "accuracy": 0.5 + 0.03 * i})
+    best = max(Archive(folder / "archive.sqlite", space).records(), key=lambda r: r.metrics["accuracy"])
+    (folder / "chosen.json").write_text(json.dumps({"macs<=2M": {"arch": best.text}}))
+    if history:
+        (folder / "history.json").write_text(json.dumps(
+            [{"epoch": e, "loss": 2.0 / e, "acc": 0.2 * e} for e in (1, 2, 3)]))
+    return folder
+
+
+def test_cli_report_draws_any_metric_pair_and_the_training_curves(tmp_path, capsys):
+    from flexnas.cli import main
+
+    folder = _search_run_folder(tmp_path)
+    assert main(["report", str(folder), "--x", "params", "--x", "macs", "--y", "accuracy"]) == 0
+    text = (folder / "report.md").read_text()
+    for name in ("pareto.png", "pareto_params.png", "curves.png"):
+        assert (folder / name).read_bytes()[:8] == PNG and f"]({name})" in text, name
+    assert text.count("](pareto.png)") == 1  # --x macs is the main picture, not drawn twice
+    assert "| `macs<=2M` |" in text
+    # a metric the archive does not hold: one line, exit 2
+    assert main(["report", str(folder), "--x", "latency_ms"]) == 2
+    assert "cannot plot 'latency_ms'" in capsys.readouterr().err
+
+
+def test_history_falls_back_to_tensorboard_scalars(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from flexnas.report import load_history
+
+    assert load_history(tmp_path) == []
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for epoch, (loss, acc) in enumerate([(2.0, 0.1), (1.5, 0.4)], start=1):
+        writer.add_scalar("train_epoch/loss", loss, epoch)
+        writer.add_scalar("train_epoch/acc", acc, epoch)
+        writer.add_scalar("train/loss", loss, epoch * 10)  # per-step scalars are not epochs
+    writer.close()
+    history = load_history(tmp_path)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["loss"] == pytest.approx(1.5) and history[1]["acc"] == pytest.approx(0.4)
+    (tmp_path / "history.json").write_text("[{")
+    with pytest.raises(DataError, match="not a valid history file"):
+        load_history(tmp_path)
