@@ -221,6 +221,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table_search(args: argparse.Namespace) -> int:
+    from flexnas.search.table import table_search
+
+    space = _get_space(args)
+    result = table_search(space, args.table, strategy=args.strategy, budget=args.budget, seed=args.seed,
+                          targets=args.target, accuracy=args.accuracy, scale=0.01 if args.percent else 1.0)
+    rows = []
+    for target, rec in result.best.items():
+        row = {"target": target, "arch": rec.text, "accuracy": rec.accuracy,
+               **{k: v for k, v in rec.metrics.items() if k != "accuracy"}}
+        if hasattr(space, "index"):
+            row["index"] = space.index(rec.arch)
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"strategy": args.strategy, "budget": args.budget, "evaluations": result.evaluations,
+                          "best": rows}))
+        return 0
+    for row in rows:
+        extra = "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4g}" for k, v in row.items()
+                          if k not in ("target", "arch", "accuracy"))
+        print(f"{row['target']}: accuracy {row['accuracy']:.4f}  {extra}\n  {row['arch']}")
+    return 0
+
+
+def cmd_synth_table(args: argparse.Namespace) -> int:
+    from flexnas.search.table import synthetic_table
+
+    space = _get_space(args)
+    path = synthetic_table(space, args.out, n=args.n, seed=args.seed, noise=args.noise)
+    print(f"synthetic {space.name} table: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexnas", description="One-shot neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder, e.g. runs/quickstart")
     p.add_argument("--target", action="append", default=[],
                    help="constraint such as 'macs<=300M', 'params<=4M', '200M<=macs<=300M' (repeatable)")
-    p.add_argument("--strategy", choices=["random", "evolution", "nag"], default=None)
+    p.add_argument("--strategy", choices=["random", "evolution", "nag", "rea"], default=None)
     p.add_argument("--budget", type=int, default=None, help="distinct archs to evaluate")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
@@ -310,6 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x metric of an extra Pareto picture: macs, params, latency_ms (repeatable)")
     p.add_argument("--y", default="accuracy", help="y metric of the extra pictures (default: accuracy)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("table-search", help="search a space against a benchmark table (CSV/JSON), no training")
+    _space_args(p)
+    p.add_argument("--table", required=True, help="CSV or JSON table: arch, accuracy, ... (docs/tables.md)")
+    p.add_argument("--strategy", choices=["random", "evolution", "rea"], default="rea")
+    p.add_argument("--budget", type=int, default=100, help="distinct archs to query")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", action="append", default=[], help="constraint such as 'params<=1M' (repeatable)")
+    p.add_argument("--accuracy", default="accuracy", help="table column searched on (default: accuracy)")
+    p.add_argument("--percent", action="store_true", help="accuracy columns are in percent")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_table_search)
+
+    p = sub.add_parser("synth-table", help="write a synthetic benchmark table for demos and tests")
+    _space_args(p)
+    p.add_argument("--out", required=True, help="output .csv or .json")
+    p.add_argument("-n", type=int, default=None, help="archs (default: all for nb201, else 5000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.004)
+    p.set_defaults(func=cmd_synth_table)
     return parser
 
 

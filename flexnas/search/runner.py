@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from flexnas.errors import ConfigError, did_you_mean
-from flexnas.search import evolution, nag, uniform
+from flexnas.search import evolution, nag, rea, uniform
 from flexnas.search.archive import Archive
 from flexnas.search.base import Evaluator, SearchResult
 from flexnas.search.constraints import Constraint, check_feasible
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STRATEGIES", "SearchConfig", "run_search"]
 
-STRATEGIES = ("random", "evolution", "nag")
+STRATEGIES = ("random", "evolution", "nag", "rea")
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SearchConfig:
     mutation_prob: float = 0.1
     targets: list[str] = field(default_factory=list)
     seed: int = 0
+    # strategy 'rea' (regularized evolution): `population` ages; parents are the best of `tournament`.
+    tournament: int = 10
     # strategy 'nag' (flexnas/search/nag.py, docs/nag.md): conditional model, share of the budget drawn
     # uniformly before the first fit, archs per target per refit, accuracy/cost classes.
     nag_model: str = nag.DEFAULT_MODEL
@@ -49,11 +51,12 @@ class SearchConfig:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown search strategy '{self.strategy}'{did_you_mean(self.strategy, STRATEGIES)}; "
                               f"choose one of {', '.join(STRATEGIES)}")
-        for name in ("budget", "population", "parents", "mutations", "crossovers", "seed"):
+        for name in ("budget", "population", "parents", "mutations", "crossovers", "seed", "tournament"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"search.{name} must be an integer, got {v!r}")
-        for name, lo in (("budget", 1), ("population", 1), ("parents", 1), ("mutations", 0), ("crossovers", 0)):
+        for name, lo in (("budget", 1), ("population", 1), ("parents", 1), ("mutations", 0), ("crossovers", 0),
+                         ("tournament", 1)):
             if getattr(self, name) < lo:
                 raise ConfigError(f"search.{name} must be >= {lo}, got {getattr(self, name)}")
         if self.mutations + self.crossovers < 1:
@@ -93,6 +96,9 @@ def run_search(space: "SearchSpace", evaluator: Evaluator, cfg: SearchConfig, ar
     if cfg.strategy == "random":
         return uniform.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
                               tag="random", seed=cfg.seed)
+    if cfg.strategy == "rea":
+        return rea.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
+                          population=cfg.population, sample_size=cfg.tournament, tag="rea", seed=cfg.seed)
     if cfg.strategy == "nag":
         return nag.search(space, evaluator, constraints, cfg.budget, rng, archive, progress,
                           model=cfg.nag_model, warmup=float(cfg.nag_warmup), round_size=cfg.nag_round,
