@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 from flexnas.errors import ConfigError, did_you_mean
 from flexnas.train.strategies.base import StepContext, Strategy, step_seed
 
-__all__ = ["Strategy", "StepContext", "step_seed", "register", "get", "names"]
+__all__ = ["Strategy", "StepContext", "step_seed", "register", "get", "names", "describe"]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
 _discovered = False
@@ -46,6 +46,20 @@ def _discover() -> None:
 def names() -> list[str]:
     _discover()
     return sorted(_REGISTRY)
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every registered strategy: name, one-line summary, arguments with defaults, supported spaces."""
+    _discover()
+    rows = []
+    for name in names():
+        cls = _REGISTRY[name]
+        doc = inspect.getdoc(inspect.getmodule(cls)) or inspect.getdoc(cls) or ""
+        args = {k: (None if p.default is p.empty else p.default)
+                for k, p in inspect.signature(cls).parameters.items() if p.kind is not p.VAR_KEYWORD}
+        rows.append({"name": name, "summary": doc.split("\n\n")[0].replace("\n", " "), "arguments": args,
+                     "spaces": cls.spaces_supported()})
+    return rows
 
 
 def get(name: str, **kwargs: Any) -> Strategy:

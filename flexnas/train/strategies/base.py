@@ -109,6 +109,11 @@ class Strategy:
     supported_spaces: ClassVar[Optional[frozenset[str]]] = None
     needs_val: ClassVar[bool] = False
 
+    @classmethod
+    def spaces_supported(cls) -> str:
+        """The spaces it trains, in words (for `flexnas strategies` and error messages)."""
+        return ", ".join(sorted(cls.supported_spaces)) if cls.supported_spaces is not None else "every space"
+
     def check_space(self, space: "SearchSpace") -> None:
         """Raise ConfigError when this strategy cannot train `space`."""
         if self.supported_spaces is not None and space.name not in self.supported_spaces:

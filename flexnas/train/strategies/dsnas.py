@@ -27,7 +27,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from flexnas.arch import Arch
 from flexnas.train.strategies import register
-from flexnas.train.strategies._common import (ArchLogits, CostLoss, check_arg, require_single_choice)
+from flexnas.train.strategies._common import (ArchLogits, CostLoss, check_arg, require_single_choice,
+                                                single_choice_spaces)
 from flexnas.train.strategies.base import Metric, StepContext, Strategy
 
 if TYPE_CHECKING:
@@ -38,14 +39,17 @@ __all__ = ["DSNAS", "gated"]
 
 @contextmanager
 def gated(layers: Sequence[nn.Module], gates: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Multiply each layer's output by its gate (forward hooks, removed on exit): the supernet's path
-    forward stays untouched and DDP wrapping still works."""
-    handles = [layer.register_forward_hook(lambda m, args, out, g=g: out * g) for layer, g in zip(layers, gates)]
+    """Multiply each layer's path output by its gate for the duration. The supernet calls
+    `layer.forward_path` directly (module hooks never fire), so the method is shadowed on the instance
+    and restored on exit: the supernet stays untouched, and a DDP wrapper still reaches it."""
+    for layer, g in zip(layers, gates):
+        method = layer.forward_path
+        layer.forward_path = (lambda x, config, f=method, g=g: f(x, config) * g)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        for layer in layers:
+            del layer.forward_path
 
 
 def reset_bn_statistics(net: nn.Module) -> int:
@@ -82,6 +86,10 @@ class DSNAS(Strategy):
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.fixed: list[int] = []   # per choice point: the fixed op, or -1 while still searched
         self.bn_reset_at: int = -1   # global step at which every layer was fixed and BN was reset
+
+    @classmethod
+    def spaces_supported(cls) -> str:
+        return ", ".join(single_choice_spaces())
 
     def check_space(self, space: "SearchSpace") -> None:
         require_single_choice(self.name, space, "gates one sampled op per layer")

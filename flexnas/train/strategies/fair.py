@@ -16,7 +16,7 @@ import torch
 
 from flexnas.arch import Arch
 from flexnas.train.strategies import register
-from flexnas.train.strategies._common import check_choice, require_single_choice
+from flexnas.train.strategies._common import check_choice, require_single_choice, single_choice_spaces
 from flexnas.train.strategies.base import Metric, StepContext, Strategy
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ class Fair(Strategy):
     def __init__(self, reduction: str = "sum") -> None:
         check_choice("fair", "reduction", reduction, _REDUCTIONS)
         self.reduction = reduction
+
+    @classmethod
+    def spaces_supported(cls) -> str:
+        return ", ".join(single_choice_spaces())
 
     def check_space(self, space: "SearchSpace") -> None:
         """Checked structurally, so subclasses of a supported space with their own name still work."""

@@ -113,6 +113,10 @@ class Sandwich(Strategy):
             self._space, self._extremes = space, (space.largest("macs"), space.smallest("macs"))
         return self._extremes
 
+    @classmethod
+    def spaces_supported(cls) -> str:
+        return _entangled_spaces()
+
     def check_space(self, space: "SearchSpace") -> None:
         """The sandwich rule bounds every subnet between a smallest and a largest one that contain it;
         with independent candidates the smallest and largest share no searchable weights, so the
