@@ -84,6 +84,27 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from flexnas.train.strategies import describe
+
+    rows = describe()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in r["arguments"].items()) or "none"
+        print(f"{r['name']}: {r['summary']}\n  arguments: {arguments}\n  spaces: {r['spaces']}")
+    return 0
+
+
+def _print_derived(run: Any) -> None:
+    """The arch a differentiable / DSNAS strategy picked by itself (runs/<name>/derived.json)."""
+    d = getattr(run, "derived", None)
+    if d:
+        print(f"derived arch ({d['strategy']}): {d['arch']}  MACs {d['macs'] / 1e6:.3f}M  "
+              f"params {d['params'] / 1e6:.3f}M  ({run.dir / 'derived.json'})")
+
+
 def _run_from_config(args: argparse.Namespace, resume: bool) -> Any:
     from flexnas.pipeline import Run, load_run_config
 
@@ -100,6 +121,7 @@ def cmd_supernet(args: argparse.Namespace) -> int:
                               f"or choose another name=...")
     final = run.train_supernet(resume=args.resume)
     print(f"supernet trained: {run.checkpoint_path} ({json.dumps({k: round(v, 4) for k, v in final.items()})})")
+    _print_derived(run)
     return 0
 
 
@@ -215,6 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A run folder continues where it stopped: training resumes from its checkpoint, search reuses
     # every archived evaluation.
     run.train_supernet(resume=run.checkpoint_path.is_file())
+    _print_derived(run)
     result = run.search()
     run.report(result)
     _print_chosen(run, result)
@@ -279,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="published architectures: our counts vs the published numbers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("strategies", help="supernet training strategies, their arguments and spaces")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_strategies)
 
     def config_command(name: str, help_text: str, func: Handler) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)

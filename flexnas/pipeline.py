@@ -85,6 +85,7 @@ class Run:
         self.cfg = cfg
         self.dir = run_dir
         self.progress = progress
+        self.derived: Optional[dict[str, Any]] = None  # set by train_supernet (derived.json's content)
         self.device = resolve_device(cfg.device)
         if cfg.threads is not None:
             if cfg.threads < 1:
@@ -166,8 +167,10 @@ class Run:
         writer = tensorboard_writer(self.dir)
         try:
             trainer = Trainer(self.space, supernet, self.data.train, self.cfg.train, self.dir, self.device,
-                              self.cfg.seed, writer=writer, progress=self.progress)
-            return trainer.fit(resume=resume)
+                              self.cfg.seed, writer=writer, progress=self.progress, val_batches=self.data.val)
+            final = trainer.fit(resume=resume)
+            self.derived = trainer.derived  # the arch a differentiable / DSNAS strategy picked, or None
+            return final
         finally:
             writer.close()
 
