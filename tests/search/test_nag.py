@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
+from flexnas import spaces
 from flexnas.cli import main
 from flexnas.errors import ConfigError, ConstraintError, DataError
 from flexnas.search import Archive, Constraint, SearchConfig, run_search
@@ -12,6 +13,8 @@ from flexnas.search.nag import ClassBins, NagGenerator, in_class_rates
 from flexnas.search.nag import search as nag_search
 
 from .fakes import CostEvaluator, CountingEvaluator, FailingEvaluator, Killed, OpCountEvaluator
+
+CELL_SPACES = ("nag", "nb201")  # fixed-width cells: no width_mult
 
 
 def _archive(space, evaluator, n, seed=0):
@@ -205,3 +208,23 @@ def _space_of(run_dir):
     from flexnas.pipeline import Run
 
     return Run.open(run_dir, progress=False).space
+
+
+@pytest.mark.parametrize("name", spaces.names())
+def test_every_registered_space_generates_valid_archs_in_class(name):
+    """Any space (macro, elastic or cell) works: the model only needs choice points, repair and costs."""
+    space = spaces.get(name, input_size=32, num_classes=10, width_mult=0.5) if name not in CELL_SPACES \
+        else spaces.get(name, input_size=32, num_classes=10)
+    cost_model = space.cost_model()
+    archive = Archive(None, space)
+    rng = random.Random(0)
+    for _ in range(150):
+        arch = space.sample(rng)
+        costs = cost_model.cost(arch)
+        archive.add(arch, {"accuracy": costs["params"] / 1e7, **costs})
+    gen = NagGenerator(space).fit(archive, seed=0)
+    res = in_class_rates(gen, 60, pairs=[(0, 0), (2, 2)], seed=1)
+    for row in res["pairs"]:
+        assert row["model"]["cost_hit"] >= row["random"]["cost_hit"] + 0.2, (name, row["model"], row["random"])
+        for x in row["archs"]:
+            assert space.encode(space.decode(x["arch"])) == x["arch"]
