@@ -212,42 +212,43 @@ class ScratchRun:
         from flexnas.train import distributed
         from flexnas.train.trainer import Trainer, tensorboard_writer
 
-        with distributed.process_group(self.device):
-            distributed.check_same("run config", to_dict(self.cfg))
-            net = self.network()
-            data = self.data
-            writer = tensorboard_writer(self.dir) if self.rank == 0 else None
-            trainer: Optional[Trainer] = None
+        # Under torchrun: join the process group as supernet training does (a no-op otherwise).
+        distributed.join(self.device)
+        distributed.check_same("run config", to_dict(self.cfg))
+        net = self.network()
+        data = self.data
+        writer = tensorboard_writer(self.dir) if self.rank == 0 else None
+        trainer: Optional[Trainer] = None
 
-            def validate(t: Trainer) -> dict[str, float]:
-                if len(data.val) == 0:
-                    return {}
-                m = evaluate_model(t.strategy.eval_model(), data.val, self.device,  # type: ignore[attr-defined]
-                                   max_batches=self.cfg.max_val_batches)
-                return {"val_top1": m["top1"], "val_top5": m["top5"], "val_loss": m["loss"]}
+        def validate(t: Trainer) -> dict[str, float]:
+            if len(data.val) == 0:
+                return {}
+            m = evaluate_model(t.strategy.eval_model(), data.val, self.device,  # type: ignore[attr-defined]
+                               max_batches=self.cfg.max_val_batches)
+            return {"val_top1": m["top1"], "val_top5": m["top5"], "val_loss": m["loss"]}
 
-            try:
-                trainer = Trainer(self.space, net, data.train, self.cfg.train, self.dir, self.device,
-                                  self.cfg.seed, writer=writer, progress=self.progress, epoch_end=validate,
-                                  callbacks=callbacks)
-                final = trainer.fit(resume=resume)
-                model = trainer.strategy.eval_model()  # type: ignore[attr-defined]
-                test = evaluate_model(model, data.test, self.device, amp=self.cfg.train.amp)
-                metrics = {"arch": self.space.encode(self.arch), "space": self.space.name,
-                           "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-                           "test_images": int(test["images"]), "images_per_sec": test["images_per_sec"],
-                           "weights": "ema" if self.cfg.train.strategy_args.get("ema_decay") else "final",
-                           **self.costs(), "epochs": self.cfg.train.epochs, "train": final}
-                if self.rank == 0:
-                    self._save_model(model)
-                    (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-                    if writer is not None:
-                        for k in ("top1", "top5", "loss"):
-                            writer.add_scalar(f"test/{k}", test[k], trainer.global_step)
-                return metrics
-            finally:
+        try:
+            trainer = Trainer(self.space, net, data.train, self.cfg.train, self.dir, self.device,
+                              self.cfg.seed, writer=writer, progress=self.progress, epoch_end=validate,
+                              callbacks=callbacks)
+            final = trainer.fit(resume=resume)
+            model = trainer.strategy.eval_model()  # type: ignore[attr-defined]
+            test = evaluate_model(model, data.test, self.device, amp=self.cfg.train.amp)
+            metrics = {"arch": self.space.encode(self.arch), "space": self.space.name,
+                       "test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+                       "test_images": int(test["images"]), "images_per_sec": test["images_per_sec"],
+                       "weights": "ema" if self.cfg.train.strategy_args.get("ema_decay") else "final",
+                       **self.costs(), "epochs": self.cfg.train.epochs, "train": final}
+            if self.rank == 0:
+                self._save_model(model)
+                (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
                 if writer is not None:
-                    writer.close()
+                    for k in ("top1", "top5", "loss"):
+                        writer.add_scalar(f"test/{k}", test[k], trainer.global_step)
+            return metrics
+        finally:
+            if writer is not None:
+                writer.close()
 
     def _save_model(self, model: nn.Module) -> Path:
         sc = self.space
