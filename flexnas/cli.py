@@ -112,6 +112,12 @@ def _run_from_config(args: argparse.Namespace, resume: bool) -> Any:
     return Run.create(cfg, progress=not args.quiet, resume=resume)
 
 
+def _rank() -> int:
+    from flexnas.train.distributed import rank_and_world
+
+    return rank_and_world()[0]
+
+
 def cmd_supernet(args: argparse.Namespace) -> int:
     run = _run_from_config(args, args.resume)
     if run.checkpoint_path.is_file() and not args.resume:
@@ -120,6 +126,8 @@ def cmd_supernet(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{run.dir} already has a checkpoint: pass --resume to continue it, "
                               f"or choose another name=...")
     final = run.train_supernet(resume=args.resume)
+    if _rank() != 0:
+        return 0   # under torchrun, rank 0 reports for all
     print(f"supernet trained: {run.checkpoint_path} ({json.dumps({k: round(v, 4) for k, v in final.items()})})")
     _print_derived(run)
     return 0
@@ -237,6 +245,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A run folder continues where it stopped: training resumes from its checkpoint, search reuses
     # every archived evaluation.
     run.train_supernet(resume=run.checkpoint_path.is_file())
+    if _rank() != 0:
+        return 0   # under torchrun all ranks train; rank 0 alone searches and reports
     _print_derived(run)
     result = run.search()
     run.report(result)

@@ -26,6 +26,7 @@ from flexnas.data import DataBundle, DataConfig, build_data
 from flexnas.errors import CheckpointError, ConfigError
 from flexnas.search import Archive, SearchConfig, SearchResult, run_search
 from flexnas.spaces import SearchSpace
+from flexnas.train import distributed
 from flexnas.train.trainer import TrainConfig
 
 
@@ -67,6 +68,7 @@ def load_run_config(path: Union[str, Path], overrides: Optional[list[str]] = Non
 
 
 def resolve_device(name: str) -> torch.device:
+    name = distributed.rank_device(name)  # under torchrun: cuda:LOCAL_RANK
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -98,6 +100,8 @@ class Run:
         """Make (or reopen) `runs_dir/name` and write the resolved config. Reopening an existing run
         folder needs the same training-relevant config, so a checkpoint is never silently mixed."""
         run_dir = Path(cfg.runs_dir) / cfg.name
+        if distributed.rank_and_world()[0] != 0:
+            return cls(cfg, run_dir, progress)  # under torchrun rank 0 checks and writes the folder
         config_file = run_dir / "config.yaml"
         if config_file.is_file():
             old = from_dict(RunConfig, load_yaml(config_file))
@@ -125,7 +129,8 @@ class Run:
     # ---- shared objects -------------------------------------------------------------------------
     @cached_property
     def data(self) -> DataBundle:
-        return build_data(self.cfg.data, self.device, cache_dir=self.dir / "cache")
+        rank, world = distributed.rank_and_world()   # under torchrun, `train` is this rank's shard
+        return build_data(self.cfg.data, self.device, cache_dir=self.dir / "cache", rank=rank, world_size=world)
 
     @cached_property
     def space(self) -> SearchSpace:
@@ -162,9 +167,13 @@ class Run:
     def train_supernet(self, resume: bool = False) -> dict[str, float]:
         from flexnas.train.trainer import Trainer, tensorboard_writer
 
+        # Under torchrun: join the process group (a no-op otherwise); ranks must agree on the whole
+        # config, and only rank 0 writes TensorBoard events.
+        rank, _ = distributed.join(self.device)
+        distributed.check_same("run config", to_dict(self.cfg))
         torch.manual_seed(self.cfg.seed)
         supernet = self.space.supernet()
-        writer = tensorboard_writer(self.dir)
+        writer = tensorboard_writer(self.dir) if rank == 0 else None
         try:
             trainer = Trainer(self.space, supernet, self.data.train, self.cfg.train, self.dir, self.device,
                               self.cfg.seed, writer=writer, progress=self.progress, val_batches=self.data.val)
@@ -172,7 +181,8 @@ class Run:
             self.derived = trainer.derived  # the arch a differentiable / DSNAS strategy picked, or None
             return final
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     def evaluator(self, supernet: Optional[torch.nn.Module] = None) -> Any:
         from flexnas.evaluate import SupernetEvaluator

@@ -16,8 +16,12 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generator,
+                  part: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Random pad-`pad` crop (zero padding) and optional horizontal flip of a uint8 (B, C, H, W) batch.
+
+    With `part=(r, n)` the batch is the r-th of n equal parts of a global batch (rank r of n): the
+    randoms are drawn for all n*B images and the r-th slice is used, as if augmenting the global batch.
 
     The random offsets and flips are drawn on the CPU from `gen` (a few bytes, so results do not
     depend on the device) and folded into one gather index: crop and flip together cost a single
@@ -26,8 +30,10 @@ def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generat
     b, c, h, w = images.shape
     if b == 0 or (pad == 0 and not flip):
         return images
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
-    mirror = torch.rand(b, generator=gen) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    r, n = part
+    offsets = torch.randint(0, 2 * pad + 1, (b * n, 2), generator=gen)[r * b:(r + 1) * b]
+    mirror = (torch.rand(b * n, generator=gen)[r * b:(r + 1) * b] < 0.5 if flip
+              else torch.zeros(b, dtype=torch.bool))
     device = images.device
     offsets, mirror = offsets.to(device), mirror.to(device)
     cols = torch.arange(w, device=device)
@@ -39,7 +45,8 @@ def pad_crop_flip(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generat
     return padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
-def cutout(images: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
+def cutout(images: torch.Tensor, length: int, gen: torch.Generator,
+           part: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Cutout (DeVries & Taylor, 2017): zero one `length` x `length` square per image, centred on a
     uniformly drawn pixel and clipped at the border, of a normalised float (B, C, H, W) batch.
 
@@ -48,7 +55,9 @@ def cutout(images: torch.Tensor, length: int, gen: torch.Generator) -> torch.Ten
     b, _, h, w = images.shape
     if b == 0 or length <= 0:
         return images
-    centres = torch.stack((torch.randint(0, h, (b,), generator=gen), torch.randint(0, w, (b,), generator=gen)), 1)
+    r, n = part   # as in pad_crop_flip: rank r's slice of the randoms of the n-rank global batch
+    centres = torch.stack((torch.randint(0, h, (b * n,), generator=gen)[r * b:(r + 1) * b],
+                           torch.randint(0, w, (b * n,), generator=gen)[r * b:(r + 1) * b]), 1)
     centres = centres.to(images.device)
     rows = torch.arange(h, device=images.device)[None, :] - centres[:, :1]      # (B, H)
     cols = torch.arange(w, device=images.device)[None, :] - centres[:, 1:]      # (B, W)

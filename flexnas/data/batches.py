@@ -48,7 +48,12 @@ class Augment:
 
 
 class _Planned:
-    """The shared plan: which sample indices form batch b of epoch e on this rank."""
+    """The shared plan: which sample indices form batch b of epoch e on this rank.
+
+    Training batch b of an epoch is one *global* batch of batch_size x world_size images (a slice of
+    the epoch's permutation), and rank r takes its r-th part, augmented with the randoms drawn for
+    the whole global batch. So N ranks at batch B see exactly the images and augmentations of one
+    process at batch N*B (what makes their averaged gradient that process's gradient)."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
                  augment: Optional[Augment], normalize: Normalizer, device: torch.device,
@@ -63,19 +68,19 @@ class _Planned:
         self.rank = rank if train else 0
         self.world_size = world_size if train else 1
         self.num_images = len(labels)
-        self._shard = self.num_images // self.world_size
 
     def __len__(self) -> int:
         if self.train:
-            return self._shard // self.batch_size
+            return self.num_images // (self.batch_size * self.world_size)
         return -(-self.num_images // self.batch_size)
 
     def order(self, epoch: int) -> Optional[torch.Tensor]:
-        """This rank's slice of epoch `epoch`'s permutation (None for eval: the natural order)."""
+        """This rank's indices of epoch `epoch`, batch after batch (None for eval: the natural order)."""
         if not self.train:
             return None
         perm = torch.randperm(self.num_images, generator=generator(self.seed, epoch, 0))
-        return perm[self.rank * self._shard:(self.rank + 1) * self._shard]
+        steps, bs = len(self), self.batch_size
+        return perm[:steps * bs * self.world_size].view(steps, self.world_size, bs)[:, self.rank].reshape(-1)
 
     def finish(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, index: int) -> Batch:
         """Move a uint8 batch to the device, augment it there and normalise it to float32."""
@@ -83,10 +88,11 @@ class _Planned:
         labels = labels.to(self.device, non_blocking=True)
         if self.augment is None:
             return self.normalize(images), labels
-        gen = generator(self.seed, epoch, self.rank, index, 1)
-        images = pad_crop_flip(images, self.augment.pad, self.augment.flip, gen)
+        gen = generator(self.seed, epoch, 0, index, 1)   # drawn for the global batch, see _Planned
+        part = (self.rank, self.world_size)
+        images = pad_crop_flip(images, self.augment.pad, self.augment.flip, gen, part)
         # Drawn after the crop's numbers from the same generator: cutout=0 leaves old streams unchanged.
-        return cutout(self.normalize(images), self.augment.cutout, gen), labels
+        return cutout(self.normalize(images), self.augment.cutout, gen, part), labels
 
     @staticmethod
     def check_start(start: int) -> None:
