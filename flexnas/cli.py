@@ -40,14 +40,17 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 def cmd_cost(args: argparse.Namespace) -> int:
     space = _get_space(args)
     arch = space.decode(args.arch)
-    cost = space.cost_model().cost(arch)
+    cost = space.cost_model(latency=args.latency_table, allow_foreign_table=args.allow_foreign_table).cost(arch)
     out = {"space": space.name, "arch": space.encode(arch), "input_size": space.input_size,
            "num_classes": space.num_classes, "width_mult": space.width_mult,
            "macs": int(cost["macs"]), "params": int(cost["params"])}
+    if "latency_ms" in cost:
+        out["latency_ms"] = round(cost["latency_ms"], 4)
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{out['arch']}\nMACs {out['macs'] / 1e6:.2f}M  params {out['params'] / 1e6:.3f}M "
+        latency = f"  latency {out['latency_ms']:.3f} ms" if "latency_ms" in out else ""
+        print(f"{out['arch']}\nMACs {out['macs'] / 1e6:.2f}M  params {out['params'] / 1e6:.3f}M{latency} "
               f"({space.name}, input {space.input_size}, {space.num_classes} classes)")
     return 0
 
@@ -143,7 +146,10 @@ def _print_chosen(run: Any, result: Any) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from flexnas.pipeline import Run
 
-    run = Run.open(args.run, progress=not args.quiet)
+    run = Run.open(args.run, _latency_overrides(args), progress=not args.quiet)
+    if args.latency_table:  # remembered in the run's config, so report and export see latency too
+        _ = run.space  # fails here, before saving, on a bad or foreign table
+        run.save_config()
     result = run.search(args.target, strategy=args.strategy, budget=args.budget, seed=args.seed)
     run.report(result)
     _print_chosen(run, result)
@@ -287,6 +293,55 @@ def cmd_synth_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latency_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency-table", default=None,
+                   help="latency table from `flexnas profile`: adds latency_ms (targets like 'latency_ms<=5')")
+    p.add_argument("--allow-foreign-table", action="store_true",
+                   help="use a latency table measured on another device fingerprint")
+
+
+def _latency_overrides(args: argparse.Namespace) -> list[str]:
+    if not args.latency_table:
+        return []
+    return [f"cost.latency_table={args.latency_table}", f"cost.allow_foreign_table={str(args.allow_foreign_table).lower()}"]
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from flexnas.cost.latency import attach_latency, default_path, describe_fingerprint, profile
+
+    space = _get_space(args)
+    done = [0]
+
+    def progress(i: int, n: int) -> None:
+        if not args.quiet and (i == n or i % 5 == 0):
+            print(f"  profiled {i}/{n} layers", file=sys.stderr, flush=True)
+        done[0] = i
+
+    table = profile(space, args.device, args.batch_size, args.threads, args.dtype, args.warmup, args.repeats,
+                    clock=args.clock, flush_mb=args.flush_mb, progress=progress)
+    path = table.save(args.out or default_path(space, table))
+    lo, hi = attach_latency(space, table).range("latency_ms")
+    print(f"{space.describe()}\n{table.settings['modules_timed']} modules timed in {table.settings['seconds']} s on "
+          f"{describe_fingerprint(table.fingerprint)}\nlatency {lo:.3f}..{hi:.3f} ms "
+          f"(stem {table.stem_ms:.3f}, head {table.head_ms:.3f})\ntable: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from flexnas.export import export_subnet
+    from flexnas.pipeline import Run
+
+    run = Run.open(args.run, _latency_overrides(args), progress=False)
+    res = export_subnet(run, args.arch, target=args.target, format=args.format, out=args.out, opset=args.opset)
+    c = res.card
+    latency = f"  latency {c['latency_ms']:.3f} ms" if c.get("latency_ms") is not None else ""
+    print(f"{c['arch']}\nMACs {c['macs'] / 1e6:.3f}M  params {c['params'] / 1e6:.3f}M{latency}  "
+          f"accuracy {c['accuracy']['top1'] * 100:.2f}% ({c['accuracy']['split']})\n"
+          f"{c['format']} check: {c['check']['runtime']} max abs diff {c['check']['max_abs_diff']:.2e} "
+          f"(<= {c['check']['tolerance']:g})\nmodel: {res.model_path}  card: {res.card_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexnas", description="One-shot neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _space_args(p)
     p.add_argument("arch", help="architecture string, e.g. k3e6-skip-...")
     p.add_argument("--json", action="store_true")
+    _latency_args(p)
     p.set_defaults(func=cmd_cost)
     # `arch` must follow `space` positionally: reorder so `flexnas cost SPACE ARCH --input-size N` works.
 
@@ -337,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=None, help="distinct archs to evaluate")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    _latency_args(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("nag", help="NAG: generate archs for an (accuracy class, params class) from a run's archive")
@@ -373,6 +430,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("profile", help="measure a latency lookup table of a space on this device")
+    _space_args(p)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--dtype", default="float32", help="float32; float16 / bfloat16 on cuda")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="cpu: one thread's CPU time, for shared, oversubscribed CPUs")
+    p.add_argument("--flush-mb", type=float, default=0.0, help="evict caches with a buffer this large before each call")
+    p.add_argument("--out", default=None, help="JSON path (default latency/<space>-<size>px-x<width>-<device>-<id>.json)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("export", help="write a searched arch as a standalone model with a JSON model card")
+    p.add_argument("run", help="trained run folder, e.g. runs/quickstart")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", default=None, help="architecture string of the run's space")
+    which.add_argument("--target", default=None, help="export the arch the run chose for this target (chosen.json)")
+    p.add_argument("--format", default="pt", choices=["pt", "torchscript", "onnx"])
+    p.add_argument("--out", default=None, help="output folder (default runs/<name>/export/<space>-<target or hash>)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    _latency_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="(re)write report.md, pareto.png and curves.png of a run folder")
     p.add_argument("run")

@@ -37,3 +37,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or '' when none is close."""
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class ExportError(FlexnasError, RuntimeError):
+    """A model that cannot be written in the asked format (an ONNX opset that cannot express an op),
+    or whose written file does not reproduce the PyTorch model."""

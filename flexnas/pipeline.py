@@ -42,6 +42,15 @@ class SpaceConfig:
 
 
 @dataclass
+class CostConfig:
+    """`latency_table`: a `flexnas profile` JSON that adds `latency_ms` to the cost model (so search
+    accepts latency targets); one measured on another device is refused unless `allow_foreign_table`."""
+
+    latency_table: Optional[str] = None
+    allow_foreign_table: bool = False
+
+
+@dataclass
 class EvalConfig:
     """The BN-recalibrating supernet evaluator: `bn_batches` training batches recalibrate each path."""
 
@@ -61,6 +70,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
 
 def load_run_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> RunConfig:
@@ -126,6 +136,10 @@ class Run:
         cfg = from_dict(RunConfig, apply_overrides(load_yaml(config_file), overrides or []))
         return cls(cfg, run_dir, progress)
 
+    def save_config(self) -> None:
+        """Rewrite config.yaml with this run's config (e.g. after `--latency-table` set `cost`)."""
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+
     # ---- shared objects -------------------------------------------------------------------------
     @cached_property
     def data(self) -> DataBundle:
@@ -137,8 +151,15 @@ class Run:
         from flexnas import spaces
 
         sc = self.cfg.space
-        return spaces.get(sc.name, input_size=sc.input_size or self.data.input_size,
-                          num_classes=self.data.num_classes, width_mult=sc.width_mult, **sc.options)
+        space = spaces.get(sc.name, input_size=sc.input_size or self.data.input_size,
+                           num_classes=self.data.num_classes, width_mult=sc.width_mult, **sc.options)
+        cost = self.cfg.cost
+        if cost.latency_table:
+            table = Path(cost.latency_table)
+            if not table.is_file() and (self.dir / table).is_file():
+                table = self.dir / table  # a path relative to the run folder
+            space.cost_model(latency=table, allow_foreign_table=cost.allow_foreign_table)
+        return space
 
     @property
     def checkpoint_path(self) -> Path:

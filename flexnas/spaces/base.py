@@ -232,7 +232,9 @@ class SearchSpace(ABC):
     def _head_options(self, **options: Any) -> nn.Module:
         return self._head()
 
-    def cost_model(self) -> "CostModel":
+    def cost_model(self, latency: Any = None, allow_foreign_table: bool = False) -> "CostModel":
+        """The space's cost model. `latency` (a `LatencyTable` or its JSON path) adds `latency_ms` and
+        stays attached: later calls, e.g. inside searchers, return the model with latency."""
         if "_cost_model" not in self.__dict__:
             from flexnas.cost.model import CostModel
 
@@ -242,3 +244,7 @@ class SearchSpace(ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, "
                 f"num_classes={self.num_classes}, width_mult={self.width_mult})")
+        if latency is not None:
+            from flexnas.cost.latency import attach_latency
+
+            return attach_latency(self, latency, allow_foreign_table)
