@@ -197,3 +197,20 @@ def test_refusals():
         strategies.get("differentiable", cost_loss="target").check_space(space)
     with pytest.raises(ConfigError, match=r"unknown mixture 'gumble' \(did you mean 'gumbel'\?\)"):
         strategies.get("differentiable", mixture="gumble")
+
+
+def test_cli_trains_on_digits_and_prints_the_derived_arch(tmp_path, capsys):
+    """Through `flexnas supernet` with the DSNAS recipe (one path per step: the cheapest way to get a
+    derived arch on the full 21-layer space)."""
+    from flexnas.cli import main
+
+    code = main(["supernet", "configs/dsnas_digits.yaml", "--quiet", f"runs_dir={tmp_path}", "name=cli",
+                 "train.epochs=1", "space.width_mult=0.25", "data.max_train=100",
+                 "train.strategy_args.warmup_epochs=0", "train.warmup_epochs=0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    derived = json.loads((tmp_path / "cli" / "derived.json").read_text())
+    assert f"derived arch (dsnas): {derived['arch']}" in out
+    assert main(["supernet", "configs/fbnet_digits.yaml", "--quiet", f"runs_dir={tmp_path}", "name=bad",
+                 "train.strategy_args.mixture=gumble"]) == 2
+    assert "unknown mixture 'gumble' (did you mean 'gumbel'?)" in capsys.readouterr().err

@@ -3,6 +3,7 @@ each strategy's defining property, checked by instrumenting the supernet."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 from collections import Counter
 
@@ -241,3 +242,16 @@ def test_resuming_another_strategys_checkpoint_names_the_field(tmp_path):
                     progress=False)
     with pytest.raises(CheckpointError, match=r"strategy: checkpoint has 'uniform', this run has 'fair'"):
         other.fit(resume=True)
+
+
+def test_cli_lists_strategies_with_arguments_and_spaces(capsys):
+    from flexnas.cli import main
+
+    assert main(["strategies", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"uniform", "fair", "sandwich", "differentiable", "dsnas"} <= set(rows)
+    assert rows["fair"]["arguments"] == {"reduction": "sum"}
+    assert "sgnas" not in rows["fair"]["spaces"] and "proxyless" in rows["fair"]["spaces"]
+    assert rows["differentiable"]["arguments"]["mixture"] == "gumbel"
+    assert main(["strategies"]) == 0
+    assert "sandwich: The sandwich rule" in capsys.readouterr().out
