@@ -125,3 +125,16 @@ def test_torchrun_cli_trains_and_only_rank_0_writes(launch, capsys):
     code = main(["supernet", str(out / "tiny.yaml"), f"runs_dir={out / 'runs'}", "--resume", "--quiet"])
     assert code == 2
     assert "world_size: checkpoint has 2, this run has 1" in capsys.readouterr().err
+
+
+def test_rank_batches_are_parts_of_the_one_process_batch():
+    """Rank r's batch b is the r-th part of one process's batch b at world x batch size, augmentation
+    (crop offsets) included, in every epoch; so the averaged gradient is that process's gradient."""
+    ranks = [digits(r, 2, 4) for r in range(2)]
+    single = digits(0, 1, 8)
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 160 // 8
+    for epoch in (0, 1):
+        for (x0, y0), (x1, y1), (x, y) in zip(ranks[0].epoch(epoch, start=3), ranks[1].epoch(epoch, start=3),
+                                              single.epoch(epoch, start=3)):
+            assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    assert not torch.equal(next(iter(single.epoch(0)))[0], next(iter(single.epoch(1)))[0])
