@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-class", "--cost-class", dest="params_class", type=int, required=True,
                    help="class of --metric (params by default), 0 = cheapest")
     p.add_argument("-k", type=int, default=10, help="archs to generate (and random archs to compare)")
-    p.add_argument("--model", default=None, help="categorical (default) or gan")
+    p.add_argument("--model", default=None, help="gan (default, NAG's conditional GAN) or categorical (fits in ms)")
     p.add_argument("--metric", default="params", help="what the cost class bins: params or macs")
     p.add_argument("--classes", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

@@ -125,7 +125,8 @@ TARGETS = ["macs<=1M", "params<=250K", "1.2M<=macs<=1.4M"]
 
 
 def _nag(budget, seed=0, **kw):
-    return SearchConfig(strategy="nag", budget=budget, targets=TARGETS, seed=seed, nag_round=8, **kw)
+    return SearchConfig(strategy="nag", budget=budget, targets=TARGETS, seed=seed, nag_round=8,
+                        nag_model="categorical", **kw)
 
 
 def test_nag_search_respects_targets_and_never_reevaluates(space):
@@ -166,7 +167,8 @@ def test_nag_search_beats_random_on_a_known_objective(space):
     nag_best, rnd_best = [], []
     for seed in range(4):
         for strategy, out in (("nag", nag_best), ("random", rnd_best)):
-            cfg = SearchConfig(strategy=strategy, budget=100, targets=["macs<=1.2M"], seed=seed)
+            cfg = SearchConfig(strategy=strategy, budget=100, targets=["macs<=1.2M"], seed=seed,
+                               nag_model="categorical")
             out.append(run_search(space, OpCountEvaluator(space), cfg).best["macs<=1.2M"].accuracy)
     assert np.mean(nag_best) > np.mean(rnd_best) + 0.07 and min(nag_best) >= min(rnd_best), (nag_best, rnd_best)
 
@@ -184,8 +186,9 @@ def test_nag_search_gan_model_and_infeasible_targets(space):
 def test_cli_nag_and_search_strategy_nag(tmp_path, capsys):
     cfg = {"name": "tiny", "threads": 1, "device": "cpu", "runs_dir": str(tmp_path / "runs"),
            "space": {"name": "proxyless", "width_mult": 0.25, "options": {"weight_sharing": "entangled"}},
-           "data": {"name": "digits", "batch_size": 64, "max_train": 256},
-           "train": {"epochs": 1, "log_every_steps": 5}, "evaluate": {"bn_batches": 1}}
+           "data": {"name": "digits", "batch_size": 64, "max_train": 128, "workers": 0},
+           "train": {"epochs": 1, "log_every_steps": 5}, "evaluate": {"bn_batches": 1, "max_val_batches": 1},
+           "search": {"nag_model": "categorical"}}  # the default (gan) trains for seconds per fit
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "tiny"
@@ -197,7 +200,8 @@ def test_cli_nag_and_search_strategy_nag(tmp_path, capsys):
     assert "macs<=900K" in capsys.readouterr().out
     with Archive(run_dir / "archive.sqlite", _space_of(run_dir)) as archive:
         assert len(archive) == 14 and {r.tag for r in archive.records()} == {"nag"}
-    assert main(["nag", str(run_dir), "--acc-class", "2", "--params-class", "0", "-k", "3"]) == 0
+    assert main(["nag", str(run_dir), "--acc-class", "2", "--params-class", "0", "-k", "3",
+                 "--model", "categorical"]) == 0
     out = capsys.readouterr().out
     assert "requested accuracy class 2" in out and "random" in out and out.count("acc ") == 3
     assert main(["nag", str(run_dir), "--acc-class", "5", "--params-class", "0"]) == 2
@@ -222,7 +226,7 @@ def test_every_registered_space_generates_valid_archs_in_class(name):
         arch = space.sample(rng)
         costs = cost_model.cost(arch)
         archive.add(arch, {"accuracy": costs["params"] / 1e7, **costs})
-    gen = NagGenerator(space).fit(archive, seed=0)
+    gen = NagGenerator(space, "categorical").fit(archive, seed=0)
     res = in_class_rates(gen, 60, pairs=[(0, 0), (2, 2)], seed=1)
     for row in res["pairs"]:
         assert row["model"]["cost_hit"] >= row["random"]["cost_hit"] + 0.2, (name, row["model"], row["random"])
