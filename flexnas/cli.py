@@ -185,6 +185,56 @@ def cmd_nag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_fit(args: argparse.Namespace) -> int:
+    from flexnas.pipeline import Run
+    from flexnas.search.generator import spread_targets, targeting_stats
+
+    run = Run.open(args.run, progress=not args.quiet)
+    gen = run.fit_generator(steps=args.steps, metrics=args.metric or None, ce_weight=args.ce_weight,
+                            seed=args.seed)
+    final = gen.info["final"]
+    print(f"generator fitted in {gen.info['fit_seconds']:.1f}s ({len(gen.metrics)} metric(s): "
+          f"{', '.join(gen.metrics)}; final cost loss {final['cost']:.5f}): {run.generator_path}")
+    for m in gen.metrics if len(gen.metrics) == 1 else ():
+        st = targeting_stats(gen.generate_with_costs(spread_targets(run.space, 20, m)), m)
+        print(f"{m} targeting on 20 targets spread over the range: mean |error| {st['mean_abs_rel_error'] * 100:.2f}%, "
+              f"{st['within_band'] * 100:.0f}% within +-5%, {st['over_band']} above +5%")
+    return 0
+
+
+def _generator_targets(args: argparse.Namespace) -> list[str]:
+    targets = [t.strip() for item in args.targets for t in item.split(",") if t.strip()] + list(args.target)
+    if not targets:
+        from flexnas.errors import ConstraintError
+
+        raise ConstraintError("no targets: pass --targets 250M,300M (one metric) or --target "
+                              "'macs<=1M,params<=0.3M' (repeatable)")
+    return targets
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from flexnas.pipeline import Run
+
+    run = Run.open(args.run, progress=False)
+    targets = _generator_targets(args)
+    rows = run.generate(targets, evaluate=args.evaluate)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "arch"} | {"target": t}
+                          for t, r in zip(targets, rows)], indent=1))
+        return 0
+    metrics = [k[len("target_"):] for k in rows[0] if k.startswith("target_")] if rows else []
+    head = f"{'target':<16}" + "".join(f"{m + ' (M)':>12}{'error':>8}" for m in metrics)
+    head += f"{'params (M)':>12}" * ("params" not in metrics) + f"{'accuracy':>10}" * args.evaluate
+    print(head + "  arch")
+    for t, r in zip(targets, rows):
+        line = f"{t:<16}" + "".join(f"{r[m] / 1e6:>12.3f}{r['error_' + m] * 100:>+7.1f}%" for m in metrics)
+        line += f"{r['params'] / 1e6:>12.3f}" * ("params" not in metrics)
+        if args.evaluate:
+            line += f"{r['accuracy'] * 100:>9.2f}%"
+        print(f"{line}  {r['text']}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -409,6 +459,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accuracy", action="store_true", help="cost classes only: evaluate nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nag)
+
+    p = sub.add_parser("generate-fit", help="fit the SGNAS-style architecture generator of a trained run folder")
+    p.add_argument("run", help="trained run folder, e.g. runs/quickstart")
+    p.add_argument("--steps", type=int, default=None, help="fitting steps (default: generator.steps)")
+    p.add_argument("--metric", action="append", default=[],
+                   help="cost metric to condition on (repeatable; default: generator.metrics)")
+    p.add_argument("--ce-weight", type=float, default=None, help="0 fits the cost term only")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate_fit)
+
+    p = sub.add_parser("generate", help="one arch per target from a run's fitted generator, in one forward pass")
+    p.add_argument("run", help="run folder holding generator.pt (see generate-fit)")
+    p.add_argument("--targets", action="append", default=[], help="comma-separated targets: 250M,300M or macs<=300M")
+    p.add_argument("--target", action="append", default=[],
+                   help="one full target, e.g. 'macs<=1M,params<=0.3M' for a two-metric generator (repeatable)")
+    p.add_argument("--evaluate", action="store_true", help="also score each arch (BN-recalibrated accuracy)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train one architecture from scratch into runs/<name>/")
     p.add_argument("source", help="a training recipe (configs/train_*.yaml), or a search run folder with --target")

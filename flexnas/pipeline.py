@@ -25,6 +25,7 @@ from flexnas.config import apply_overrides, from_dict, load_yaml, to_dict
 from flexnas.data import DataBundle, DataConfig, build_data
 from flexnas.errors import CheckpointError, ConfigError
 from flexnas.search import Archive, SearchConfig, SearchResult, run_search
+from flexnas.search.generator import GeneratorConfig
 from flexnas.spaces import SearchSpace
 from flexnas.train import distributed
 from flexnas.train.trainer import TrainConfig
@@ -71,6 +72,7 @@ class RunConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
 def load_run_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> RunConfig:
@@ -229,6 +231,54 @@ class Run:
                   for target, rec in result.best.items()}
         (self.dir / "chosen.json").write_text(json.dumps(chosen, indent=2))
         return result
+
+    # ---- the architecture generator (docs/generator.md) ----------------------------------------
+    @property
+    def generator_path(self) -> Path:
+        return self.dir / "generator.pt"
+
+    def fit_generator(self, **changes: Any) -> Any:
+        """Fit the SGNAS-style generator through the trained (frozen) supernet and save it as
+        generator.pt. Knobs come from the `generator:` config section; `changes` (steps=, metrics=,
+        ...) override them for this call. Losses go to TensorBoard under `generator/`."""
+        import time
+
+        from flexnas.search.generator import Generator
+        from flexnas.train.trainer import tensorboard_writer
+
+        cfg = self.cfg.generator.replace(**changes)
+        gen = Generator.from_config(self.space, cfg)
+        supernet = self.trained_supernet()
+        writer = tensorboard_writer(self.dir)
+
+        def log(step: int, losses: dict[str, float]) -> None:
+            if step % 10 == 0 or step == cfg.steps - 1:
+                for key, value in losses.items():
+                    writer.add_scalar(f"generator/{key}", value, step)
+
+        start = time.perf_counter()
+        try:
+            final = gen.fit(supernet, self.space, self.data.train, cfg, device=self.device,
+                            progress=self.progress, log=log)
+        finally:
+            writer.close()
+        gen.info = {"config": to_dict(cfg), "final": final, "fit_seconds": time.perf_counter() - start}
+        gen.save(self.generator_path, gen.info)
+        return gen
+
+    def generate(self, targets: Sequence[Any], evaluate: bool = False) -> list[dict[str, Any]]:
+        """One arch per target from generator.pt, in one forward pass: each row holds the arch, its
+        exact costs, the asked values and relative errors, and with `evaluate` the supernet's
+        BN-recalibrated accuracy. A target outside the space's range raises ConstraintError."""
+        from flexnas.search.generator import Generator
+
+        gen = Generator.load(self.generator_path, self.space, self.device)
+        rows = gen.generate_with_costs(list(targets))
+        if evaluate:
+            evaluator = self.evaluator()
+            for row in rows:
+                row.update(evaluator.evaluate(row["arch"]))
+        return rows
 
     def report(self, result: Optional[SearchResult] = None,
                pairs: Sequence[tuple[str, str]] = ()) -> Path:

@@ -1,0 +1,550 @@
+"""A constraint-conditioned architecture generator (SGNAS-style): fit once, then N targets -> N archs
+in one forward pass.
+
+After the supernet is trained, a small MLP learns to map target cost(s) to per-choice-point logits.
+It is trained through the *frozen* supernet: each step samples targets uniformly over the space's
+exact feasible range, draws archs from the logits with a straight-through Gumbel-softmax (hard
+one-hot forward, soft gradient, annealed temperature), and minimises
+
+    ce_weight * CE(supernet(x, drawn arch), y) + cost_weight * asymmetric penalty(CostModel.expected)
+
+The cost penalty is computed for many targets per step (the cost model is vectorised and cheap);
+the cross-entropy needs a full mixture forward through every candidate, so it runs on one drawn
+arch every `ce_every` steps. Generation is argmax per choice point + `space.repair`, no search loop.
+
+    gen = Generator(space, metrics=("macs",))
+    gen.fit(supernet, space, data.train)
+    gen.generate(["macs<=1.2M", 0.8e6])        # -> [Arch, Arch]
+    gen.save("runs/quickstart/generator.pt"); Generator.load(path, space)
+
+The supernet stays in eval mode (its BatchNorms use the running statistics blended over all paths;
+nothing in it changes); generated archs are scored with BN recalibration (`SupernetEvaluator`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flexnas.arch import Arch
+from flexnas.errors import CheckpointError, ConfigError, ConstraintError, DataError, did_you_mean
+from flexnas.search.constraints import Constraint, _format_range, _number, format_value, metric_unit
+
+if TYPE_CHECKING:
+    from flexnas.spaces.base import SearchSpace
+
+__all__ = ["Generator", "GeneratorConfig", "Target", "parse_target", "spread_targets", "targeting_stats"]
+
+FORMAT = "flexnas-generator"
+VERSION = 1
+
+# One target: a number (raw count for a single-metric generator), a string ('1.2M', 'macs<=1.2M',
+# 'macs<=1.2M,params<=0.3M'), or a mapping metric -> number/string.
+Target = Union[float, int, str, Mapping[str, Union[float, int, str]]]
+
+
+@dataclass
+class GeneratorConfig:
+    """The `generator:` section of a run config. `metrics`, `hidden`, `frequencies` and `seed` shape the
+    network; the rest are fitting knobs (docs/generator.md explains each and how the defaults were
+    chosen on the quickstart)."""
+
+    metrics: list[str] = field(default_factory=lambda: ["macs"])
+    hidden: int = 64
+    frequencies: int = 4
+    steps: int = 1000
+    lr: float = 0.01
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    cost_weight: float = 20.0
+    over_weight: float = 2.0
+    tolerance: float = 0.02
+    cost_targets: int = 64
+    ce_weight: float = 1.0
+    ce_every: int = 5
+    image_batch: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if isinstance(self.metrics, str) or not isinstance(self.metrics, list) or not self.metrics:
+            raise ConfigError(f"generator.metrics must be a non-empty list such as ['macs'], got {self.metrics!r}")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ConfigError(f"generator.metrics repeat: {self.metrics}")
+        for name, lo in (("hidden", 4), ("frequencies", 0), ("steps", 1), ("cost_targets", 1), ("ce_every", 1),
+                         ("image_batch", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"generator.{name} must be an integer >= {lo}, got {v!r}")
+        for name in ("lr", "tau_start", "tau_end", "cost_weight", "over_weight", "tolerance", "ce_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"generator.{name} must be a finite number >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"generator.lr must be > 0, got {self.lr}")
+        if not 0 < self.tau_end <= self.tau_start:
+            raise ConfigError(f"generator temperatures need 0 < tau_end <= tau_start, got "
+                              f"{self.tau_start} -> {self.tau_end}")
+        if self.cost_weight == 0 and self.ce_weight == 0:
+            raise ConfigError("generator.cost_weight and generator.ce_weight are both 0: nothing to fit")
+
+    def replace(self, **changes: Any) -> "GeneratorConfig":
+        """A copy with `changes` (None values ignored); an unknown knob raises ConfigError."""
+        names = [f.name for f in dataclasses.fields(self)]
+        for key in changes:
+            if key not in names:
+                raise ConfigError(f"unknown generator knob '{key}'{did_you_mean(key, names)}; "
+                                  f"valid: {', '.join(names)}")
+        changes = {k: (list(v) if k == "metrics" else v) for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+
+def _constraint_value(c: Constraint) -> float:
+    """The cost a constraint asks the generator for: its upper bound, its lower bound, or the middle
+    of a two-sided range."""
+    if c.low is not None and c.high is not None:
+        return 0.5 * (c.low + c.high)
+    return float(c.high if c.high is not None else c.low)  # type: ignore[arg-type]
+
+
+def _unknown_metric(what: str, metric: str, metrics: Sequence[str]) -> ConstraintError:
+    return ConstraintError(f"{what} is on '{metric}', but this generator was fitted for "
+                           f"{', '.join(metrics)}{did_you_mean(metric, metrics)}")
+
+
+def parse_target(target: Target, metrics: Sequence[str]) -> dict[str, float]:
+    """One target -> {metric: raw value} for every metric of the generator."""
+    metrics = tuple(metrics)
+    out: dict[str, float] = {}
+    if isinstance(target, Mapping):
+        for key, value in target.items():
+            if key not in metrics:
+                raise _unknown_metric(f"target {dict(target)!r}", str(key), metrics)
+            out[key] = _scalar(value, key)
+    elif isinstance(target, str) and any(op in target for op in "<>="):
+        for part in target.split(","):
+            c = Constraint.parse(part.strip())
+            if c.metric not in metrics:
+                raise _unknown_metric(f"target '{part.strip()}'", c.metric, metrics)
+            out[c.metric] = _constraint_value(c)
+    else:
+        if len(metrics) != 1:
+            raise ConstraintError(f"a bare target {target!r} is ambiguous for a generator fitted on "
+                                  f"{', '.join(metrics)}; write e.g. "
+                                  f"'{','.join(m + '<=...' for m in metrics)}' or a dict")
+        out[metrics[0]] = _scalar(target, metrics[0])
+    missing = [m for m in metrics if m not in out]
+    if missing:
+        raise ConstraintError(f"target {target!r} gives no value for {', '.join(missing)}; this generator "
+                              f"needs one per metric ({', '.join(metrics)})")
+    return out
+
+
+def _scalar(value: Any, metric: str) -> float:
+    if isinstance(value, bool):
+        raise ConstraintError(f"target for '{metric}' must be a number or a string like '1.2M', got {value!r}")
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        v = float(value)
+    elif isinstance(value, str):
+        try:
+            v = _number(value)
+        except (ValueError, IndexError):
+            raise ConstraintError(f"cannot read target {value!r} for '{metric}'; write a number with an "
+                                  f"optional K/M/G suffix ('1.2M') or 'macs<=1.2M'") from None
+    else:
+        raise ConstraintError(f"target for '{metric}' must be a number or a string, got {type(value).__name__}")
+    if not math.isfinite(v):
+        raise ConstraintError(f"target for '{metric}' must be finite, got {value!r}")
+    return v
+
+
+def spread_targets(space: "SearchSpace", n: int = 20, metric: str = "macs") -> list[float]:
+    """`n` targets spread evenly over the space's exact range: the midpoints of n equal bins (so neither
+    the single smallest nor the single largest arch is asked for)."""
+    lo, hi = space.cost_range(metric)
+    return [lo + (i + 0.5) / n * (hi - lo) for i in range(n)]
+
+
+def targeting_stats(rows: Sequence[Mapping[str, Any]], metric: str = "macs", band: float = 0.05) -> dict[str, Any]:
+    """How well generated costs hit their targets: mean |cost - target| / target, the share within
+    +-band, how many overshoot by more than band, and the extremes of the signed relative error."""
+    err = np.array([(r[metric] - r[f"target_{metric}"]) / r[f"target_{metric}"] for r in rows])
+    if err.size == 0:
+        return {"n": 0}
+    return {"n": int(err.size), "mean_abs_rel_error": float(np.abs(err).mean()),
+            "within_band": float((np.abs(err) <= band).mean()), "over_band": int((err > band).sum()),
+            "max_rel_error": float(err.max()), "min_rel_error": float(err.min()), "band": band}
+
+
+class Generator(nn.Module):
+    """target cost(s) -> per-choice-point logits (a list aligned with `space.choices`).
+
+    The target enters as its position in the space's exact range on a log scale, [0, 1] per metric,
+    expanded with sin/cos features so a small MLP can resolve nearby targets. The log scale gives the
+    low end (where a fixed step in cost is the largest relative error) as much input resolution as the
+    top. No prior arch is taken as input (SGNAS optionally conditions on one; the target was enough)."""
+
+    def __init__(self, space: "SearchSpace", metrics: Sequence[str] = ("macs",), hidden: int = 64,
+                 frequencies: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        cost_model = space.cost_model()
+        metrics = tuple(metrics)
+        if not metrics:
+            raise ConfigError("a generator needs at least one metric, e.g. metrics=('macs',)")
+        for m in metrics:
+            if m not in cost_model.metrics:
+                raise ConfigError(f"unknown generator metric '{m}'{did_you_mean(m, cost_model.metrics)}; "
+                                  f"the {space.name} cost model has {', '.join(cost_model.metrics)}")
+        if len(set(metrics)) != len(metrics):
+            raise ConfigError(f"generator metrics repeat: {metrics}")
+        if hidden < 4 or frequencies < 0:
+            raise ConfigError(f"generator needs hidden >= 4 and frequencies >= 0, got {hidden}, {frequencies}")
+        self.space_name = space.name
+        self.metrics = metrics
+        self.hidden, self.frequencies, self.seed = int(hidden), int(frequencies), int(seed)
+        self.option_counts = tuple(len(p.options) for p in space.choices)
+        self.ranges = {m: tuple(float(v) for v in space.cost_range(m)) for m in metrics}
+        for m, (lo, hi) in self.ranges.items():
+            if lo <= 0:
+                raise ConfigError(f"generator metric '{m}' needs a positive range, the {space.name} space "
+                                  f"spans {lo:g}..{hi:g}")
+        self._space = space
+        self.info: dict[str, Any] = {}  # metadata saved with the file (fit config, final losses)
+        n_in = len(metrics) * (1 + 2 * self.frequencies)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(self.seed)
+            self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+            self.out = nn.Linear(hidden, sum(self.option_counts))
+            nn.init.normal_(self.out.weight, std=0.01)
+            nn.init.zeros_(self.out.bias)
+        # Choice points grouped by option count, so sampling runs once per group, not once per point.
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(self.option_counts):
+            groups.setdefault(n, []).append(i)
+        self._groups = [(n, idx) for n, idx in groups.items()]
+
+    @classmethod
+    def from_config(cls, space: "SearchSpace", cfg: GeneratorConfig) -> "Generator":
+        return cls(space, tuple(cfg.metrics), hidden=cfg.hidden, frequencies=cfg.frequencies, seed=cfg.seed)
+
+    # ---- targets ------------------------------------------------------------------------------
+    def normalise(self, values: torch.Tensor, metric: str) -> torch.Tensor:
+        """Raw cost -> position in the space's exact range on a log scale (0 = smallest, 1 = largest)."""
+        lo, hi = self.ranges[metric]
+        return (torch.log(values) - math.log(lo)) / max(math.log(hi) - math.log(lo), 1e-12)
+
+    def target_tensor(self, targets: Sequence[Target]) -> torch.Tensor:
+        """Raw (N, n_metrics) target values; a value outside the feasible range raises ConstraintError."""
+        rows = []
+        for t in targets:
+            parsed = parse_target(t, self.metrics)
+            for m, v in parsed.items():
+                lo, hi = self.ranges[m]
+                if not lo <= v <= hi:
+                    raise ConstraintError(f"target {format_value(m, v)} {metric_unit(m)} is outside the "
+                                          f"{self.space_name} space's feasible range "
+                                          f"{_format_range(m, lo, hi)}")
+            rows.append([parsed[m] for m in self.metrics])
+        return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), len(self.metrics))
+
+    def _features(self, raw: torch.Tensor) -> torch.Tensor:
+        z = torch.stack([self.normalise(raw[:, i], m) for i, m in enumerate(self.metrics)], -1).float()
+        feats = [z]
+        for k in range(self.frequencies):
+            w = math.pi * (2 ** k)
+            feats += [torch.sin(w * z), torch.cos(w * z)]
+        return torch.cat(feats, -1)
+
+    def forward(self, raw_targets: torch.Tensor) -> list[torch.Tensor]:
+        """(N, n_metrics) raw target costs -> one (N, n_options) logit tensor per choice point."""
+        device = self.out.weight.device
+        h = self.body(self._features(raw_targets.to(device)))
+        return list(torch.split(self.out(h), self.option_counts, dim=-1))
+
+    # ---- generation ---------------------------------------------------------------------------
+    def _check_space(self, space: "SearchSpace") -> None:
+        counts = tuple(len(p.options) for p in space.choices)
+        if space.name != self.space_name or counts != self.option_counts:
+            raise ConfigError(f"generator was built for space '{self.space_name}' with "
+                              f"{len(self.option_counts)} choice points; got '{space.name}' with {len(counts)}")
+
+    @staticmethod
+    def _as_list(targets: Union[Target, Sequence[Target]]) -> list[Target]:
+        if isinstance(targets, (str, Mapping)) or not isinstance(targets, Iterable):
+            return [targets]  # type: ignore[list-item]
+        return list(targets)
+
+    @torch.no_grad()
+    def generate(self, targets: Union[Target, Sequence[Target]],
+                 space: Optional["SearchSpace"] = None) -> list[Arch]:
+        """One arch per target, all in one batched forward pass (argmax per choice point, repaired)."""
+        space = space or self._space
+        self._check_space(space)
+        targets = self._as_list(targets)
+        if not targets:
+            return []
+        raw = self.target_tensor(targets)
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(raw)
+        finally:
+            self.train(was_training)
+        choices = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().tolist()
+        return [space.repair(row) for row in choices]
+
+    def generate_with_costs(self, targets: Union[Target, Sequence[Target]],
+                            space: Optional["SearchSpace"] = None) -> list[dict[str, Any]]:
+        """`generate` plus, per target, the exact costs, the asked values and the relative errors."""
+        space = space or self._space
+        targets = self._as_list(targets)
+        archs = self.generate(targets, space)
+        if not archs:
+            return []
+        raw = self.target_tensor(targets).numpy()
+        costs = space.cost_model().costs(archs)
+        rows = []
+        for i, arch in enumerate(archs):
+            row: dict[str, Any] = {"arch": arch, "text": space.encode(arch)}
+            for m, v in costs.items():
+                row[m] = float(v[i])
+            for j, m in enumerate(self.metrics):
+                asked = float(raw[i, j])
+                row[f"target_{m}"] = asked
+                row[f"error_{m}"] = (row[m] - asked) / asked
+            rows.append(row)
+        return rows
+
+    # ---- training -----------------------------------------------------------------------------
+    def fit(self, supernet: Optional[nn.Module], space: "SearchSpace", batches: Any,
+            config: Optional[GeneratorConfig] = None, device: Union[str, torch.device] = "cpu",
+            progress: bool = False, log: Optional[Callable[[int, dict[str, float]], None]] = None,
+            **knobs: Any) -> dict[str, float]:
+        """Train the generator through the frozen supernet; returns the last step's losses.
+
+        `config` (default `GeneratorConfig()`) with `knobs` overriding its fields (steps, lr, ...).
+        Only the generator's parameters move: the supernet is put in eval mode with requires_grad off
+        (its flags and mode are restored afterwards; its weights and BN statistics never change).
+        With `ce_weight=0` the fit is cost-only and needs neither supernet nor batches."""
+        from flexnas.train.trainer import prepare_input
+
+        self._check_space(space)
+        cfg = (config or GeneratorConfig()).replace(**knobs)
+        if tuple(cfg.metrics) != self.metrics:
+            cfg = cfg.replace(metrics=list(self.metrics))
+        use_ce = cfg.ce_weight > 0
+        if use_ce and supernet is None:
+            raise ConfigError("the generator's cross-entropy term needs the trained supernet; pass one, "
+                              "or ce_weight=0 for a cost-only fit")
+        if use_ce and batches is None:
+            raise DataError("the generator's cross-entropy term needs training batches; pass them, "
+                            "or ce_weight=0 for a cost-only fit")
+        device = torch.device(device)
+        self.to(device)
+        self.train()
+        cost_model = space.cost_model()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = torch.optim.Adam(self.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
+        frozen = _Frozen(supernet) if use_ce else None
+        stream = _cycle(batches) if use_ce else None
+        bar = _progress(cfg.steps, progress)
+        last: dict[str, float] = {}
+        try:
+            for step in range(cfg.steps):
+                tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(cfg.steps - 1, 1))
+                raw = self._sample_targets(cfg.cost_targets, gen)
+                logits = self(raw)
+                drawn = self._straight_through(logits, tau, gen)
+                # The noise-free argmax (what `generate` returns), straight-through, so the penalty
+                # also acts on the archs finally used, not only on noisy draws.
+                greedy = self._straight_through(logits, tau, None)
+                cost = self._cost_loss(cost_model, drawn, raw, cfg) + self._cost_loss(cost_model, greedy, raw, cfg)
+                loss = cfg.cost_weight * cost
+                ce = None
+                if use_ce and step % cfg.ce_every == 0:
+                    x, y = next(stream)  # type: ignore[arg-type]
+                    x = prepare_input(x[: cfg.image_batch], device)
+                    y = y[: cfg.image_batch].to(device)
+                    # One arch per image batch, as SGNAS trains one constraint per step: row 0 of the
+                    # drawn batch, whose target is itself uniform over the range.
+                    ce = F.cross_entropy(supernet(x, [p[0] for p in drawn]), y)  # type: ignore[misc]
+                    loss = loss + cfg.ce_weight * ce
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                last = {"loss": float(loss.detach()), "cost": float(cost.detach()), "tau": tau}
+                if ce is not None:
+                    last["ce"] = float(ce.detach())
+                if log is not None:
+                    log(step, last)
+                bar(step, last)
+        finally:
+            bar(None, last)
+            if frozen is not None:
+                frozen.restore()
+            self.eval()
+        return last
+
+    def _sample_targets(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        u = torch.rand(n, len(self.metrics), generator=gen, dtype=torch.float64)
+        lo = torch.tensor([self.ranges[m][0] for m in self.metrics], dtype=torch.float64)
+        hi = torch.tensor([self.ranges[m][1] for m in self.metrics], dtype=torch.float64)
+        return lo + u * (hi - lo)
+
+    def _straight_through(self, logits: list[torch.Tensor], tau: float,
+                          gen: Optional[torch.Generator]) -> list[torch.Tensor]:
+        """Hard one-hot forward, softmax(logits [+ Gumbel noise]) / tau gradient, per choice point.
+        `gen=None` gives the noise-free argmax."""
+        out: list[Optional[torch.Tensor]] = [None] * len(logits)
+        for n, idx in self._groups:
+            lg = torch.stack([logits[i] for i in idx], 1)  # (N, points, n)
+            if gen is not None:
+                u = torch.rand(lg.shape, generator=gen, dtype=lg.dtype).to(lg.device)
+                lg = lg - torch.log((-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10))
+            soft = F.softmax(lg / tau, -1)
+            hard = F.one_hot(soft.argmax(-1), n).to(soft)
+            st = hard + soft - soft.detach()
+            for k, i in enumerate(idx):
+                out[i] = st[:, k]
+        return out  # type: ignore[return-value]
+
+    def _cost_loss(self, cost_model: Any, probs: list[torch.Tensor], raw: torch.Tensor,
+                   cfg: GeneratorConfig) -> torch.Tensor:
+        """Asymmetric squared penalty on the relative cost error outside a tolerance band: going over a
+        target (a broken budget) costs `over_weight` times more than staying under it."""
+        expected = cost_model.expected(probs)
+        total = probs[0].new_zeros(())
+        for j, m in enumerate(self.metrics):
+            target = raw[:, j].to(probs[0])
+            rel = (expected[m] - target) / target
+            over = F.relu(rel - cfg.tolerance)
+            under = F.relu(-rel - cfg.tolerance)
+            total = total + (cfg.over_weight * over ** 2 + under ** 2).mean()
+        return total
+
+    # ---- persistence --------------------------------------------------------------------------
+    def save(self, path: Union[str, Path], info: Optional[Mapping[str, Any]] = None) -> Path:
+        """Atomically write the generator (weights + what is needed to rebuild it) to `path`; `info`
+        is free-form JSON-able metadata (e.g. the fit config and final losses)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"format": FORMAT, "version": VERSION, "space": self.space_name,
+                 "option_counts": list(self.option_counts), "metrics": list(self.metrics),
+                 "hidden": self.hidden, "frequencies": self.frequencies, "seed": self.seed,
+                 "ranges": {m: list(r) for m, r in self.ranges.items()}, "info": dict(info or {}),
+                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path], space: "SearchSpace",
+             device: Union[str, torch.device] = "cpu") -> "Generator":
+        """Rebuild a saved generator for `space`; a missing or corrupt file, or one fitted for another
+        space (name, choice points or cost range), raises CheckpointError."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"no generator at {path}; fit one with `flexnas generate-fit RUN`")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path} is not a readable generator file: {first}") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a flexnas generator file")
+        if state.get("version") != VERSION:
+            raise CheckpointError(f"{path} has generator format version {state.get('version')}, "
+                                  f"this flexnas reads {VERSION}; refit it")
+        try:
+            counts = tuple(len(p.options) for p in space.choices)
+            if state["space"] != space.name or tuple(state["option_counts"]) != counts:
+                raise CheckpointError(f"generator {path} was fitted for space '{state['space']}' with "
+                                      f"{len(state['option_counts'])} choice points, not '{space.name}' with "
+                                      f"{len(counts)}; refit it with `flexnas generate-fit`")
+            gen = cls(space, metrics=tuple(state["metrics"]), hidden=int(state["hidden"]),
+                      frequencies=int(state["frequencies"]), seed=int(state.get("seed", 0)))
+            for m, r in state["ranges"].items():
+                if not np.allclose(gen.ranges[m], r, rtol=1e-9):
+                    raise CheckpointError(f"generator {path} was fitted for a {space.name} space whose {m} "
+                                          f"range was {_format_range(m, *r)}, this one spans "
+                                          f"{_format_range(m, *gen.ranges[m])} (another width, input size or "
+                                          f"class count); refit it")
+            gen.load_state_dict(state["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"generator {path} is damaged or does not fit: {first}") from None
+        gen.info = dict(state.get("info") or {})
+        return gen.to(device).eval()
+
+
+class _Frozen:
+    """Freeze a module for the generator fit (eval mode, no parameter grads) and restore it after."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.modes = {m: m.training for m in module.modules()}
+        self.flags = [p.requires_grad for p in module.parameters()]
+        module.eval()
+        module.requires_grad_(False)
+
+    def restore(self) -> None:
+        for m, mode in self.modes.items():
+            m.training = mode
+        for p, flag in zip(self.module.parameters(), self.flags):
+            p.requires_grad_(flag)
+
+
+def _cycle(batches: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (x, y) stream over a Batches (new epoch each pass) or any re-iterable of batches."""
+    epoch = 0
+    while True:
+        stream = batches.epoch(epoch) if hasattr(batches, "epoch") else iter(batches)
+        empty = True
+        for item in stream:
+            empty = False
+            yield item[0], item[1]
+        if empty:
+            raise DataError("the generator's training batches are empty")
+        epoch += 1
+
+
+def _progress(total: int, enabled: bool) -> Callable[[Optional[int], dict[str, float]], None]:
+    if not enabled:
+        return lambda step, info: None
+    from rich.progress import Progress
+
+    prog = Progress(transient=True)
+    prog.start()
+    task = prog.add_task("generator", total=total)
+
+    def update(step: Optional[int], info: dict[str, float]) -> None:
+        if step is None:
+            prog.stop()
+            return
+        ce = f"ce {info['ce']:.3f} " if "ce" in info else ""
+        prog.update(task, completed=step + 1, description=f"generator {ce}cost {info.get('cost', 0):.4f}")
+
+    return update
