@@ -84,6 +84,20 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
              373e6, 6.0e6, "Huang & Chu 2021 (SGNAS) model zoo",
              subnet_options={"se_ratio": 0.25, "act": "hswish"},
              note="SE (expanded/4, hard-sigmoid) and h-swish as in the SGNAS release"),
+    ZooEntry("attentivenas_a0", "bignas",
+             "r192-c16-c16d1k3e1-c24d3k3e4-c32d3k3e4-c64d3k3e4-c112d3k3e4-c192d3k3e6-c216d1k3e6-c1792",
+             203e6, None, "Wang et al. 2021 (AttentiveNAS) README; arch from configs/eval_attentive_nas_models.yml",
+             note="the bignas space's smallest net; input resized to 192 inside the net"),
+    ZooEntry("attentivenas_a6", "bignas",
+             "r288-c16-c16d1k3e1-c24d3k3e4-c32d3k3e6-c64d4k3e5-c112d4k3e4-c216d6k5e6-c224d1k3e6-c1984",
+             709e6, None, "Wang et al. 2021 (AttentiveNAS) README; arch from configs/eval_attentive_nas_models.yml",
+             note="input resized to 288 inside the net"),
+    ZooEntry("ofa_largest", "ofa", "r224-" + "-".join([".".join(["k7e6"] * 4)] * 5), 566.17e6, 7.66e6,
+             "computed: OFA MobileNetV3 macro (mit-han-lab/once-for-all ofa_mbv3.py), layer-by-layer "
+             "formula in docs/zoo_sources.md", note="d4 k7 e6 everywhere at 224"),
+    ZooEntry("ofa_smallest_224", "ofa", "r224-" + "-".join([".".join(["k3e3"] * 2)] * 5), 121.28e6, 3.41e6,
+             "computed: OFA MobileNetV3 macro (mit-han-lab/once-for-all ofa_mbv3.py), layer-by-layer "
+             "formula in docs/zoo_sources.md", note="d2 k3 e3 everywhere at 224"),
 ]}
 
 

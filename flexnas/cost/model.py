@@ -1,11 +1,12 @@
 """`CostModel`: exact per-layer lookup tables, vectorised batch costs and differentiable expectations.
 
-Each searchable layer gets one table row per raw config of its choice points, indexed in mixed radix
-(choice point 0 least significant). Raw configs that are not canonical hold the cost of the config
-they repair to, so `cost(arch) == cost(space.repair(arch))` and the expectation over independent
-per-point probabilities is well defined for every space. A layer's cost never depends on other
-layers' choices (all candidates of a layer share input and output shapes), which makes the total the
-exact sum of the table rows plus the constant stem/head cost.
+Each searchable layer gets one table row per raw config of the choice points it depends on
+(`space.layer_points`: its own, plus, in elastic spaces, context points owned by other layers such as
+the resolution or the previous stage's width), indexed in mixed radix (point 0 least significant).
+Raw configs that are not canonical hold the cost of the config they repair to, so
+`cost(arch) == cost(space.repair(arch))` and the expectation over independent per-point probabilities
+is well defined for every space. The total is the exact sum of the table rows plus the constant
+stem/head cost; by linearity the expectation stays exact when layers share context points.
 """
 from __future__ import annotations
 
@@ -34,16 +35,21 @@ class CostModel:
         self.metrics = tuple(tables)
         self.constants = dict(constants)
         self._tables = tables
-        counts = [layer.option_counts for layer in space.layers]
+        self._points = space.layer_points
+        counts = [_point_counts(space, pts) for pts in self._points]
+        self._counts = counts
         sizes = [math.prod(c) for c in counts]
         self._offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         # radix[p, l]: weight of choice point p in layer l's row index.
         radix = np.zeros((len(space.choices), len(space.layers)), dtype=np.int64)
-        for l, (sl, c) in enumerate(zip(space.layer_slices, counts)):
-            radix[sl, l] = np.cumprod((1,) + c[:-1])
+        for l, (pts, c) in enumerate(zip(self._points, counts)):
+            radix[list(pts), l] = np.cumprod((1,) + c[:-1])
+        # Layers sharing a point (elastic spaces) need a joint optimisation for ranges and extremes.
+        self._coupled = len({p for pts in self._points for p in pts}) < sum(len(p) for p in self._points)
         self._radix = radix
         self._flat = {m: np.concatenate(t).astype(np.float64) for m, t in tables.items()}
         self._torch_tables: dict[tuple[str, torch.device, torch.dtype], list[torch.Tensor]] = {}
+        self._optimum: dict[tuple[str, bool], tuple[float, tuple[int, ...]]] = {}
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -55,7 +61,7 @@ class CostModel:
             head_hw = -(-last.in_hw // last.stride)
             c_head = count(space._head(), (last.c_out, head_hw, head_hw))
             tables: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-            for layer in space.layers:
+            for layer, points in zip(space.layers, space.layer_points):
                 shape = (layer.c_in, layer.in_hw, layer.in_hw)
                 measured: dict[object, dict[str, int]] = {}
 
@@ -69,7 +75,7 @@ class CostModel:
                 rows: dict[str, list[float]] = {m: [] for m in METRICS}
                 # itertools.product varies the last item fastest; reversed points give mixed radix
                 # with point 0 least significant, matching `_radix`.
-                for rev in itertools.product(*(range(n) for n in reversed(layer.option_counts))):
+                for rev in itertools.product(*(range(n) for n in reversed(_point_counts(space, points)))):
                     cfg = space._repair_layer(layer, tuple(reversed(rev)))
                     key = space._cost_key(layer, cfg)
                     if key not in by_key:
@@ -79,6 +85,8 @@ class CostModel:
                 for m in METRICS:
                     tables[m].append(np.asarray(rows[m], dtype=np.float64))
         constants = {m: float(c_stem[m] + c_head[m]) for m in METRICS}
+        for scratch in ("_count_memo", "_count_modules"):  # a space's measuring caches, if any
+            space.__dict__.pop(scratch, None)
         return cls(space, tables, constants)
 
     # ---- exact costs ----------------------------------------------------------------------------
@@ -103,6 +111,9 @@ class CostModel:
     def range(self, metric: str = "macs") -> tuple[float, float]:
         """Exact smallest and largest value of `metric` over the space."""
         self._check_metric(metric)
+        if self._coupled:
+            return (self.constants[metric] + self._optimise(metric, False)[0],
+                    self.constants[metric] + self._optimise(metric, True)[0])
         t = self._tables[metric]
         return (self.constants[metric] + sum(float(r.min()) for r in t),
                 self.constants[metric] + sum(float(r.max()) for r in t))
@@ -110,6 +121,8 @@ class CostModel:
     def extreme(self, metric: str, largest: bool) -> Arch:
         """The arch with the smallest (or largest) value of `metric`."""
         self._check_metric(metric)
+        if self._coupled:
+            return self.space.repair(self._optimise(metric, largest)[1])
         configs = []
         for layer, row in zip(self.space.layers, self._tables[metric]):
             idx = int(row.argmax() if largest else row.argmin())
@@ -119,6 +132,13 @@ class CostModel:
                 idx //= n
             configs.append(self.space._repair_layer(layer, tuple(cfg)))
         return self.space._arch(configs)
+
+    def _optimise(self, metric: str, largest: bool) -> tuple[float, tuple[int, ...]]:
+        key = (metric, largest)
+        if key not in self._optimum:
+            self._optimum[key] = _optimise_tables(self._tables[metric], self._points, self._counts,
+                                                  len(self.space.choices), largest)
+        return self._optimum[key]
 
     # ---- differentiable expectation -------------------------------------------------------------
     def _layer_tables(self, metric: str, like: torch.Tensor) -> list[torch.Tensor]:
@@ -133,8 +153,8 @@ class CostModel:
         leading batch dims). Equals `cost(arch)` for one-hot probabilities of a canonical arch."""
         out: dict[str, torch.Tensor] = {}
         joints = []
-        for sl in self.space.layer_slices:
-            layer_probs = probs[sl]
+        for pts in self._points:
+            layer_probs = [probs[p] for p in pts]
             joint = layer_probs[0]
             for p in layer_probs[1:]:
                 joint = (p.unsqueeze(-1) * joint.unsqueeze(-2)).flatten(-2)
@@ -144,3 +164,53 @@ class CostModel:
             total = sum((j * t).sum(-1) for j, t in zip(joints, tables))
             out[m] = total + self.constants[m]  # type: ignore[operator]
         return out
+
+
+def _point_counts(space: "SearchSpace", points: Sequence[int]) -> tuple[int, ...]:
+    return tuple(len(space.choices[p].options) for p in points)
+
+
+def _optimise_tables(tables: Sequence[np.ndarray], points: Sequence[Sequence[int]],
+                     counts: Sequence[Sequence[int]], n_points: int,
+                     largest: bool) -> tuple[float, tuple[int, ...]]:
+    """Exact min (or max) of a sum of tables over shared choice points, by variable elimination:
+    each point is maximised out of the product of the tables that mention it (greedily the point
+    whose merged table is smallest), and the best choices are read back in reverse order. Exact for
+    any sharing pattern; cheap when sharing is chain-like, as in elastic spaces (resolution, widths)."""
+    best = np.max if largest else np.min
+    arg = np.argmax if largest else np.argmin
+    # A factor is (points, array with one axis per point, in that order).
+    factors: list[tuple[tuple[int, ...], np.ndarray]] = []
+    for table, pts, cnt in zip(tables, points, counts):
+        # Row index has point 0 least significant: C-order reshape of reversed counts, then reverse axes.
+        factors.append((tuple(pts), np.asarray(table, dtype=np.float64).reshape(tuple(reversed(cnt))).T))
+    size = {p: n for pts, cnt in zip(points, counts) for p, n in zip(pts, cnt)}
+    trace: list[tuple[int, tuple[int, ...], np.ndarray]] = []
+    remaining = set(size)
+    while remaining:
+        def merged(p: int) -> tuple[int, ...]:
+            return tuple(sorted({q for pts, _ in factors if p in pts for q in pts}))
+
+        p = min(remaining, key=lambda q: math.prod(size[r] for r in merged(q)))
+        scope = merged(p)
+        total = np.zeros(tuple(size[q] for q in scope))
+        keep = []
+        for pts, arr in factors:
+            if p in pts:
+                order = sorted(range(len(pts)), key=lambda i: scope.index(pts[i]))
+                shape = [1] * len(scope)
+                for i in order:
+                    shape[scope.index(pts[i])] = size[pts[i]]
+                total = total + arr.transpose(order).reshape(shape)
+            else:
+                keep.append((pts, arr))
+        axis = scope.index(p)
+        rest = scope[:axis] + scope[axis + 1:]
+        trace.append((p, rest, arg(total, axis=axis)))
+        factors = keep + [(rest, best(total, axis=axis))]
+        remaining.discard(p)
+    value = float(sum(float(arr) for _, arr in factors))
+    choice = [0] * n_points
+    for p, rest, argtable in reversed(trace):
+        choice[p] = int(argtable[tuple(choice[q] for q in rest)])
+    return value, tuple(choice)

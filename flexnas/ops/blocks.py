@@ -98,6 +98,33 @@ class BlockStyle:
     se_ratio: float = 0.0  # 0 disables squeeze-excitation
     se_divisor: int = 8
     bn_affine: bool = True
+    conv_shortcut: bool = False  # AttentiveNAS: pool + 1x1 conv residual where the shape changes
+
+
+class Resize(nn.Module):
+    """Resample the input to `size` x `size` (bilinear): elastic-resolution nets carry their resolution."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+
+class PoolConvShortcut(nn.Sequential):
+    """Residual path where a block changes shape (AttentiveNAS): average pool by the stride (ceil mode,
+    matching the 'same'-padded conv's output size), then a 1x1 conv without BN if the width changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        parts: list[nn.Module] = []
+        if stride > 1:
+            parts.append(nn.AvgPool2d(stride, ceil_mode=True))
+        if c_in != c_out:
+            parts.append(nn.Conv2d(c_in, c_out, 1, bias=False))
+        super().__init__(*parts)
 
 
 class MBConv(nn.Module):
@@ -120,6 +147,8 @@ class MBConv(nn.Module):
         self.se = (SqueezeExcite(mid, make_divisible(mid * style.se_ratio, style.se_divisor))
                    if style.se_ratio > 0 else None)
         self.project = ConvBNAct(mid, c_out, 1, groups=groups, act="none", bn_affine=style.bn_affine)
+        self.shortcut = (PoolConvShortcut(c_in, c_out, stride)
+                         if style.conv_shortcut and not self.use_residual else None)
 
     def residual_bns(self) -> list[nn.BatchNorm2d]:
         """The BN ending the residual branch (zero-initialised so the block starts as identity)."""
@@ -135,6 +164,8 @@ class MBConv(nn.Module):
         if self.se is not None:
             h = self.se(h)
         h = self.project(h)
+        if self.shortcut is not None:
+            return h + self.shortcut(x)
         return drop_connect(h, self.drop_connect, self.training) + x if self.use_residual else h
 
 
@@ -215,17 +246,22 @@ class MixedKernelBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """1x1 conv -> global pool -> dropout -> linear."""
+    """1x1 conv -> global pool -> [1x1 mix conv + act, no BN] -> dropout -> linear. The mix conv after
+    the pool (`mix_channels` > 0) is MobileNetV3's head, as in Once-for-All and AttentiveNAS."""
 
     def __init__(self, c_in: int, c_head: int, num_classes: int, act: str, dropout: float = 0.0,
-                 linear_bias: bool = True, bn_affine: bool = True) -> None:
+                 linear_bias: bool = True, bn_affine: bool = True, mix_channels: int = 0) -> None:
         super().__init__()
         self.conv = ConvBNAct(c_in, c_head, 1, act=act, bn_affine=bn_affine)
+        self.mix = (nn.Sequential(nn.Conv2d(c_head, mix_channels, 1, bias=False), activation(act))
+                    if mix_channels > 0 else None)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(c_head, num_classes, bias=linear_bias)
+        self.classifier = nn.Linear(mix_channels or c_head, num_classes, bias=linear_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(x).mean((2, 3))
+        h = self.conv(x).mean((2, 3), keepdim=self.mix is not None)
+        if self.mix is not None:
+            h = self.mix(h).flatten(1)
         return self.classifier(self.dropout(h))
 
 

@@ -9,6 +9,9 @@ from torch import nn
 
 
 def init_weights(model: nn.Module) -> nn.Module:
+    first = next(model.parameters(), None)
+    if first is not None and first.is_meta:
+        return model  # meta tensors hold no values (cost counting); their init ops are slow Python refs
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -45,3 +45,9 @@ from flexnas.spaces.nb201 import NB201Space  # noqa: E402
 
 for _cls in (NB201Space, NAGSpace):
     register(_cls.name, _cls)
+
+# Elastic weight-entangled spaces (issue 4): Once-for-All MobileNetV3 and BigNAS/AttentiveNAS.
+from flexnas.spaces.elastic import BigNASSpace, OFASpace  # noqa: E402
+
+for _cls in (OFASpace, BigNASSpace):
+    register(_cls.name, _cls)

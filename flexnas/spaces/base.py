@@ -130,6 +130,14 @@ class SearchSpace(ABC):
             start += len(layer.points)
         return out
 
+    @cached_property
+    def layer_points(self) -> list[tuple[int, ...]]:
+        """Per layer, the choice points (indices into `choices`) its supernet module and its cost
+        depend on: its own points, plus, in elastic spaces, points owned by other layers (the
+        resolution, the previous stage's width, the stage depth). Cost tables and supernet layers are
+        keyed on these, so a layer's cost stays a table lookup even when it depends on other layers."""
+        return [tuple(range(sl.start, sl.stop)) for sl in self.layer_slices]
+
     def split(self, arch: Arch) -> list[Config]:
         return [arch.choices[sl] for sl in self.layer_slices]
 

@@ -19,6 +19,10 @@ __all__ = ["Network", "Supernet", "ChoiceLayer", "CandidateLayer", "UnifiedLayer
 Probs = Sequence[torch.Tensor]
 
 
+def _pick(seq: Sequence, where: Union[slice, tuple[int, ...]]) -> Sequence:
+    return seq[where] if isinstance(where, slice) else type(seq)(seq[i] for i in where)  # type: ignore[call-arg]
+
+
 class Network(nn.Module):
     """A standalone network: stem -> layers -> head. What `space.subnet` builds and `extract` returns."""
 
@@ -43,20 +47,24 @@ class Supernet(nn.Module):
         self.stem = stem
         self.layers = nn.ModuleList(layers)
         self.head = head
-        self._slices = space.layer_slices
+        # What each layer sees: a slice of its own points, or (elastic spaces) the indices of every
+        # point it depends on, context included (`space.layer_points`).
+        self._slices: list[Union[slice, tuple[int, ...]]] = [
+            sl if pts == tuple(range(sl.start, sl.stop)) else pts
+            for sl, pts in zip(space.layer_slices, space.layer_points)]
 
     def forward(self, x: torch.Tensor, arch: Union[Arch, Probs]) -> torch.Tensor:
         x = self.stem(x)
         if isinstance(arch, Arch):
             for layer, sl in zip(self.layers, self._slices):
-                x = layer.forward_path(x, arch.choices[sl])
+                x = layer.forward_path(x, _pick(arch.choices, sl))
         else:
             for layer, sl in zip(self.layers, self._slices):
-                x = layer.forward_mixture(x, arch[sl])
+                x = layer.forward_mixture(x, _pick(arch, sl))
         return self.head(x)
 
     def extract(self, arch: Arch) -> Network:
         """A standalone network holding copies of this path's weights (same output in eval mode)."""
-        layers = [layer.extract(arch.choices[sl]) for layer, sl in zip(self.layers, self._slices)]
+        layers = [layer.extract(_pick(arch.choices, sl)) for layer, sl in zip(self.layers, self._slices)]
         net = Network(copy.deepcopy(self.stem), layers, copy.deepcopy(self.head))
         return net.train(self.training)

@@ -143,6 +143,12 @@ class UnifiedLayer(ChoiceLayer):
         return block
 
 
+def centre_kernel(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """The centre k x k slice of a larger square kernel (Once-for-All's kernel sharing)."""
+    start = (weight.shape[-1] - k) // 2
+    return weight[..., start:start + k, start:start + k]
+
+
 def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, rows: slice) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         s, d = getattr(src, name), getattr(dst, name)
@@ -194,8 +200,7 @@ class EntangledMBLayer(ChoiceLayer):
     def _weights(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         spec = self.specs[i]
         mid, k = self.c_in * spec.expand, spec.kernel
-        start = (self.max_kernel - k) // 2
-        return (self.expand.weight[:mid], self.depthwise.weight[:mid, :, start:start + k, start:start + k],
+        return (self.expand.weight[:mid], centre_kernel(self.depthwise.weight[:mid], k),
                 self.project.weight[:, :mid])
 
     def forward_path(self, x: torch.Tensor, config: tuple[int, ...]) -> torch.Tensor:
