@@ -249,3 +249,19 @@ def test_small_inputs_use_cifar_strides_and_their_own_size():
         spaces.get("bignas", input_size=4)
     with pytest.raises(SpaceError, match="resolutions must be positive"):
         spaces.get("ofa", resolutions=[])
+
+
+def test_cli_samples_and_costs_elastic_archs(capsys):
+    import json
+
+    from flexnas.cli import main
+
+    assert main(["sample", "ofa", "-n", "2", "--input-size", "32", "--num-classes", "10"]) == 0
+    lines = capsys.readouterr().out.split()
+    space = spaces.get("ofa", input_size=32, num_classes=10)
+    assert len(lines) == 2 and all(space.encode(space.decode(l)) == l for l in lines)
+    assert main(["cost", "ofa", lines[0], "--input-size", "32", "--num-classes", "10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["macs"] == int(space.cost_model().cost(space.decode(lines[0]))["macs"])
+    assert main(["cost", "ofa", "r32-k3e4", "--input-size", "32"]) == 2
+    assert "ofa archs have 6 tokens" in capsys.readouterr().err
