@@ -247,12 +247,12 @@ class SearchSpace(ABC):
             from flexnas.cost.model import CostModel
 
             self.__dict__["_cost_model"] = CostModel.measure(self)
+        if latency is not None:
+            from flexnas.cost.latency import attach_latency
+
+            return attach_latency(self, latency, allow_foreign_table)
         return self.__dict__["_cost_model"]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, "
                 f"num_classes={self.num_classes}, width_mult={self.width_mult})")
-        if latency is not None:
-            from flexnas.cost.latency import attach_latency
-
-            return attach_latency(self, latency, allow_foreign_table)
