@@ -66,14 +66,8 @@ def _decode(space: "SearchSpace", text: str, where: str) -> Arch:
     except ArchError as exc:
         from flexnas import spaces
 
-        for name in spaces.names():
-            if name == space.name:
-                continue
-            try:
-                other = spaces.get(name, input_size=space.input_size, num_classes=space.num_classes)
-                other.decode(text)
-            except Exception:  # not that space either
-                continue
+        name = spaces.owner_of(text, like=space)
+        if name is not None:
             raise ArchError(f"'{_short(text)}' is a {name} arch, but {where} uses the {space.name} space; "
                             f"pass a {space.name} arch (e.g. `flexnas sample {space.name}`) or export "
                             f"from a {name} run") from None

@@ -92,6 +92,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def set_threads(threads: Optional[int]) -> None:
+    """Apply a run's `threads` setting (None keeps torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 class Run:
     """One run folder and the objects its stages share (data, space, supernet)."""
 
@@ -101,10 +109,7 @@ class Run:
         self.progress = progress
         self.derived: Optional[dict[str, Any]] = None  # set by train_supernet (derived.json's content)
         self.device = resolve_device(cfg.device)
-        if cfg.threads is not None:
-            if cfg.threads < 1:
-                raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
-            torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
 
     # ---- folder ---------------------------------------------------------------------------------
     @classmethod

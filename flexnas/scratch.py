@@ -28,7 +28,7 @@ from flexnas.arch import Arch
 from flexnas.config import apply_overrides, from_dict, load_yaml, to_dict
 from flexnas.data import DataBundle, DataConfig, build_data
 from flexnas.errors import ArchError, CheckpointError, ConfigError, ConstraintError, DataError, did_you_mean
-from flexnas.pipeline import SpaceConfig, resolve_device
+from flexnas.pipeline import SpaceConfig, resolve_device, set_threads
 from flexnas.spaces import SearchSpace
 from flexnas.train.checkpoint import load_checkpoint, save_checkpoint
 from flexnas.train.trainer import TrainConfig
@@ -121,13 +121,8 @@ def decode_arch(space: SearchSpace, text: str) -> Arch:
     except ArchError as exc:
         from flexnas import spaces
 
-        for name in spaces.names():
-            if name == space.name:
-                continue
-            try:
-                spaces.get(name, input_size=space.input_size, num_classes=space.num_classes).decode(text)
-            except Exception:
-                continue
+        name = spaces.owner_of(text, like=space)
+        if name is not None:
             raise ArchError(f"{exc}; this is a '{name}' arch: use --space {name} (space.name={name})") from None
         raise
 
@@ -138,10 +133,7 @@ class ScratchRun:
     def __init__(self, cfg: ScratchConfig, run_dir: Path, progress: bool = True) -> None:
         self.cfg, self.dir, self.progress = cfg, run_dir, progress
         self.device = resolve_device(cfg.device)  # under torchrun: this rank's GPU, as for supernets
-        if cfg.threads is not None:
-            if cfg.threads < 1:
-                raise ConfigError(f"threads must be >= 1, got {cfg.threads}")
-            torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
 
     @classmethod
     def create(cls, cfg: ScratchConfig, progress: bool = True, resume: bool = False) -> "ScratchRun":

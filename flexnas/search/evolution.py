@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
 from flexnas.arch import Arch
-from flexnas.errors import ConfigError, ConstraintError
+from flexnas.errors import ConfigError
 from flexnas.search.archive import Archive
 from flexnas.search.base import Evaluator, Record, SearchResult, best_per_target
 from flexnas.search.constraints import Constraint, check_feasible
-from flexnas.search.sampling import UNIFORM_MAX_SAMPLES, Sampler, Scorer, Target, meets, space_span, target_name
+from flexnas.search.sampling import Sampler, Scorer, Target, meets, target_name
 
 if TYPE_CHECKING:
     from flexnas.spaces.base import SearchSpace
@@ -64,18 +64,7 @@ def search(space: "SearchSpace", evaluator: Evaluator, constraints: Sequence[Con
 
         def fresh(t: Target, n: int, also: Sequence[Arch] = ()) -> list[Arch]:
             """`n` (or fewer, if the target holds fewer) new archs meeting `t`, none in `also`."""
-            exclude = scorer.seen | set(also)
-            out = sampler.uniform(t, n, exclude)
-            if len(out) < n:
-                seeds = top(t, parents) + out + sampler.seeds(t)
-                if not seeds:
-                    assert t is not None
-                    raise ConstraintError(
-                        f"target {t} is too tight to sample: none of {UNIFORM_MAX_SAMPLES} uniformly drawn "
-                        f"archs meets it and neither does the space's extreme arch on '{t.metric}' "
-                        f"({space_span(space, t)}); widen the target")
-                out += sampler.variants(t, seeds, n - len(out), 0, mutation_prob, exclude | set(out), grow=True)
-            return out
+            return sampler.fresh(t, n, scorer.seen | set(also), top(t, parents), mutation_prob)
 
         def score_all(archs: list[Arch]) -> None:
             for arch in archs:

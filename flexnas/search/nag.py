@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexnas.arch import Arch
-from flexnas.errors import ConfigError, ConstraintError, DataError, did_you_mean
+from flexnas.errors import ConfigError, DataError, did_you_mean
 from flexnas.search.archive import Archive
 from flexnas.search.base import Evaluator, Record, SearchResult, best_per_target
 from flexnas.search.constraints import Constraint, check_feasible, format_value
-from flexnas.search.sampling import UNIFORM_MAX_SAMPLES, Sampler, Scorer, Target, meets, space_span
+from flexnas.search.sampling import Sampler, Scorer, Target, meets
 
 if TYPE_CHECKING:
     from flexnas.spaces.base import SearchSpace
@@ -550,20 +550,8 @@ def search(space: "SearchSpace", evaluator: Evaluator, constraints: Sequence[Con
         def fresh(t: Target, n: int, also: Sequence[Arch] = ()) -> list[Arch]:
             """`n` (or fewer) new uniform archs meeting `t`; a target too tight for uniform draws is
             entered by a mutation walk from the best pooled archs or the space's extreme arch."""
-            exclude = scorer.seen | set(also)
-            out = sampler.uniform(t, n, exclude)
-            if len(out) < n:
-                pooled = sorted((r for r in scorer.records if meets(t, r.metrics)),
-                                key=lambda r: (-r.accuracy, r.order))
-                seeds = [r.arch for r in pooled[:10]] + out + sampler.seeds(t)
-                if not seeds:
-                    assert t is not None
-                    raise ConstraintError(
-                        f"target {t} is too tight to sample: none of {UNIFORM_MAX_SAMPLES} uniformly drawn "
-                        f"archs meets it and neither does the space's extreme arch on '{t.metric}' "
-                        f"({space_span(space, t)}); widen the target")
-                out += sampler.variants(t, seeds, n - len(out), 0, 0.1, exclude | set(out), grow=True)
-            return out
+            pooled = sorted((r for r in scorer.records if meets(t, r.metrics)), key=lambda r: (-r.accuracy, r.order))
+            return sampler.fresh(t, n, scorer.seen | set(also), [r.arch for r in pooled[:10]], 0.1)
 
         def score_all(archs: Sequence[Arch]) -> int:
             done = 0

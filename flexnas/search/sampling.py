@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from flexnas.arch import Arch
-from flexnas.errors import ConfigError, DataError
+from flexnas.errors import ConfigError, ConstraintError, DataError
 from flexnas.search.archive import Archive
 from flexnas.search.base import Evaluator, Record
 from flexnas.search.constraints import Constraint, _format_range
@@ -130,6 +130,23 @@ class Sampler:
                 got_c += self._accept(target, cands, need_c, exclude, taken, out)
             if grow:
                 parents.extend(out[start:])
+        return out
+
+    def fresh(self, target: Target, n: int, exclude: set[Arch], walk_from: Sequence[Arch],
+              prob: float) -> list[Arch]:
+        """`n` (or fewer, if the target holds fewer) new archs meeting `target`, none in `exclude`:
+        uniform draws first; a target too tight for uniform draws is entered by a mutation walk
+        (rate `prob`) from `walk_from` (e.g. the best archs found so far) and the space's extreme arch."""
+        out = self.uniform(target, n, exclude)
+        if len(out) < n:
+            seeds = list(walk_from) + out + self.seeds(target)
+            if not seeds:
+                assert target is not None
+                raise ConstraintError(
+                    f"target {target} is too tight to sample: none of {UNIFORM_MAX_SAMPLES} uniformly drawn "
+                    f"archs meets it and neither does the space's extreme arch on '{target.metric}' "
+                    f"({space_span(self.space, target)}); widen the target")
+            out += self.variants(target, seeds, n - len(out), 0, prob, exclude | set(out), grow=True)
         return out
 
     def seeds(self, target: Target) -> list[Arch]:

@@ -1,14 +1,17 @@
 """Search spaces, registered by name: `flexnas.spaces.get("proxyless", input_size=32)`."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from flexnas.errors import SpaceError, did_you_mean
 from flexnas.spaces.base import ChoicePoint, LayerSpec, SearchSpace
 from flexnas.spaces.candidate import FBNetSpace, MobileNetV2Space, ProxylessSpace, SPOSSpace
+from flexnas.spaces.elastic import BigNASSpace, OFASpace
+from flexnas.spaces.nag import NAGSpace
+from flexnas.spaces.nb201 import NB201Space
 from flexnas.spaces.sgnas import SGNASSpace
 
-__all__ = ["ChoicePoint", "LayerSpec", "SearchSpace", "get", "names", "register"]
+__all__ = ["ChoicePoint", "LayerSpec", "SearchSpace", "get", "names", "owner_of", "register"]
 
 _REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
 
@@ -36,18 +39,21 @@ def get(name: str, **kwargs: Any) -> SearchSpace:
         raise SpaceError(f"space '{name}': {exc}") from None
 
 
-for _cls in (ProxylessSpace, MobileNetV2Space, FBNetSpace, SPOSSpace, SGNASSpace):
-    register(_cls.name, _cls)
+def owner_of(text: str, like: SearchSpace) -> Optional[str]:
+    """The name of another registered space (built with `like`'s input size and classes) that decodes
+    `text`, or None: lets "not a valid arch" errors say "this is a sgnas arch" instead."""
+    for name in names():
+        if name == like.name:
+            continue
+        try:
+            get(name, input_size=like.input_size, num_classes=like.num_classes).decode(text)
+        except Exception:  # noqa: BLE001 - any failure means "not this space"
+            continue
+        return name
+    return None
 
-# Cell-based spaces (issue 7), registered after the macro spaces.
-from flexnas.spaces.nag import NAGSpace  # noqa: E402
-from flexnas.spaces.nb201 import NB201Space  # noqa: E402
 
-for _cls in (NB201Space, NAGSpace):
-    register(_cls.name, _cls)
-
-# Elastic weight-entangled spaces (issue 4): Once-for-All MobileNetV3 and BigNAS/AttentiveNAS.
-from flexnas.spaces.elastic import BigNASSpace, OFASpace  # noqa: E402
-
-for _cls in (OFASpace, BigNASSpace):
+# Macro (layer-wise), cell-based (NAS-Bench-201, NAG) and elastic weight-entangled (OFA, BigNAS) spaces.
+for _cls in (ProxylessSpace, MobileNetV2Space, FBNetSpace, SPOSSpace, SGNASSpace, NB201Space, NAGSpace,
+             OFASpace, BigNASSpace):
     register(_cls.name, _cls)
