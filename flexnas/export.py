@@ -33,6 +33,7 @@ from torch import nn
 import flexnas
 from flexnas.arch import Arch
 from flexnas.errors import ArchError, CheckpointError, ConfigError, ExportError, did_you_mean
+from flexnas.io import atomic_json
 
 if TYPE_CHECKING:
     from flexnas.pipeline import Run
@@ -199,10 +200,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic_json(path, data)
 
 
 def export_network(net: nn.Module, card: dict[str, Any], format: str, out: PathLike, check_input: torch.Tensor,

@@ -8,13 +8,12 @@ the backend of a process that also shows figures, and works on machines without 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from flexnas.errors import ConstraintError, DataError
+from flexnas.io import atomic_text, atomic_write
 from flexnas.search.base import Record, pareto_front
 from flexnas.search.constraints import Constraint
 
@@ -73,15 +72,6 @@ def format_table(best: Mapping[str, Record]) -> str:
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _plot(path: Path, records: Sequence[Record], best: Mapping[str, Record], targets: Sequence[Constraint],
@@ -126,7 +116,7 @@ def _plot(path: Path, records: Sequence[Record], best: Mapping[str, Record], tar
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def _plot_name(x: str, y: str, y_default: str) -> str:
@@ -183,7 +173,7 @@ def _plot_curves(path: Path, history: History, title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def _curves_section(run_dir: Path, history: History, title: str) -> list[str]:
@@ -209,7 +199,7 @@ def write_training_report(run_dir: Union[str, Path], metrics: dict[str, Any], hi
     lines += _curves_section(run_dir, history, title)
     report = run_dir / "report.md"
     text = "\n".join(lines) + "\n"
-    _atomic_write(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_text(report, text)
     return report
 
 
@@ -268,5 +258,5 @@ def write_report(run_dir: Union[str, Path], space: Optional["SearchSpace"], reco
         lines += [""] + _curves_section(run_dir, history, title)
     report = run_dir / "report.md"
     text = "\n".join(lines) + "\n"
-    _atomic_write(report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_text(report, text)
     return report

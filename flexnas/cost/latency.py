@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from flexnas.errors import ArchError, ConfigError, SpaceError, did_you_mean
+from flexnas.io import atomic_json
 
 if TYPE_CHECKING:
     from flexnas.cost.model import CostModel
@@ -204,14 +204,8 @@ class LatencyTable:
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> Path:
         """Write atomically (temp file + rename), so a killed profile never leaves half a table."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
-        self.path = path
-        return path
+        self.path = atomic_json(path, self.to_dict())
+        return self.path
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"]) -> "LatencyTable":

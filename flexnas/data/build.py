@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from flexnas.data.config import DataConfig, validate
 from flexnas.data.sources import ImageSet, Source, load_source
 from flexnas.data.split import balanced_subset, generator, stratified_split
 from flexnas.errors import DataError
+from flexnas.io import atomic_torch_save
 
 IN_MEMORY_MAX_BYTES = 2 * 1024 ** 3   # auto mode streams datasets whose decoded uint8 pixels exceed this
 STATS_SAMPLE = 2048                   # images decoded to estimate mean/std in stream mode
@@ -62,16 +61,8 @@ def _load_cache(path: Path) -> Optional[dict[str, Any]]:
 
 
 def _save_cache(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically so a killed run never leaves a half-written cache that a resume would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Atomic, so a killed run never leaves a half-written cache that a resume would trust."""
+    atomic_torch_save(payload, path)
 
 
 def _decoded(cfg: DataConfig, source: Source, train_set: ImageSet, test_set: ImageSet,

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from torch import nn
 
 from flexnas.arch import Arch
 from flexnas.errors import CheckpointError, ConfigError, ConstraintError, DataError, did_you_mean
+from flexnas.io import atomic_torch_save
 from flexnas.search.constraints import Constraint, _format_range, _number, format_value, metric_unit
 
 if TYPE_CHECKING:
@@ -448,15 +447,7 @@ class Generator(nn.Module):
                  "hidden": self.hidden, "frequencies": self.frequencies, "seed": self.seed,
                  "ranges": {m: list(r) for m, r in self.ranges.items()}, "info": dict(info or {}),
                  "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        return atomic_torch_save(state, path)
 
     @classmethod
     def load(cls, path: Union[str, Path], space: "SearchSpace",

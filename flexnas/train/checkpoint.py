@@ -3,7 +3,6 @@ checkpoint from a different run is refused with the field that differs, never si
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Optional, Union
 import torch
 
 from flexnas.errors import CheckpointError
+from flexnas.io import atomic_torch_save
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_meta", "FORMAT_VERSION"]
 
@@ -31,35 +31,7 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(state)
     payload.setdefault("format_version", FORMAT_VERSION)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); not possible on every platform, hence best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_torch_save(payload, path, fsync=True)
 
 
 def load_checkpoint(path: PathLike, expected_meta: Optional[Mapping[str, Any]] = None,
