@@ -214,3 +214,31 @@ def test_cli_trains_on_digits_and_prints_the_derived_arch(tmp_path, capsys):
     assert main(["supernet", "configs/fbnet_digits.yaml", "--quiet", f"runs_dir={tmp_path}", "name=bad",
                  "train.strategy_args.mixture=gumble"]) == 2
     assert "unknown mixture 'gumble' (did you mean 'gumbel'?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mixture", ["softmax", "gumbel"])
+@pytest.mark.parametrize("name", ["nb201", "nag"])
+def test_cell_spaces_train_with_darts_softmax_and_gdas_gumbel(name, mixture):
+    """Issue 7: the cell supernets' edge-level mixtures train under the differentiable strategy: one
+    step moves the weights (train batch) and the architecture logits (validation batch), and a strong
+    MACs penalty drives the derived cell to the cheap end of the space."""
+    space = spaces.get(name, input_size=8, num_classes=10, width_mult=0.25)
+    torch.manual_seed(0)
+    net = space.supernet()
+    strategy = strategies.get("differentiable", mixture=mixture, arch_lr=0.5, cost_loss="target",
+                              cost_target=f"macs<={space.cost_range('macs')[0]:.0f}", cost_weight=50.0)
+    strategy.check_space(space)
+    strategy.setup(net, space, torch.device("cpu"))
+    before = [p.detach().clone() for p in net.parameters()]
+    alpha0 = [a.detach().clone() for a in strategy.logits.params]
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x, y, xv, yv = batches()
+    for step in range(15):
+        opt.zero_grad(set_to_none=True)
+        strategy.step(make_ctx(space, net, xv, yv, step=step, total=15), x, y)
+        opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(alpha0, strategy.logits.params))
+    lo, hi = space.cost_range("macs")
+    derived = space.cost_model().cost(strategy.derive(space))["macs"]
+    assert derived <= lo + 0.25 * (hi - lo)

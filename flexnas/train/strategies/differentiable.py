@@ -72,7 +72,7 @@ class Differentiable(Strategy):
     CE + weight * max(0, E[cost] / target - 1), e.g. cost_target: 'macs<=1M')."""
 
     name = "differentiable"
-    supported_spaces = frozenset({"proxyless", "mobilenetv2", "fbnet", "spos", "sgnas"})
+    supported_spaces = frozenset({"proxyless", "mobilenetv2", "fbnet", "spos", "sgnas", "nb201", "nag"})
     needs_val = True
 
     def __init__(self, mixture: str = "gumbel", tau_start: float = 5.0, tau_end: float = 0.1,
