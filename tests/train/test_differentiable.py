@@ -183,7 +183,7 @@ def test_derived_arch_is_written_and_resume_is_exact(tmp_path):
 
 def test_refusals():
     with pytest.raises(ConfigError, match=r"strategy 'differentiable' does not support space 'ofa'; "
-                                          r"it supports: fbnet, mobilenetv2, proxyless, sgnas, spos"):
+                                          r"it supports: fbnet, mobilenetv2, nag, nb201, proxyless, sgnas, spos"):
         strategies.get("differentiable").check_space(spaces.get("ofa"))
     space = shallow_space()
     with pytest.raises(ConfigError, match="trains its architecture parameters on the search-validation split"):
