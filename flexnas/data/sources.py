@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,7 +31,7 @@ _HOLDOUT_SEED = 0x7E57          # fixed: the test split must not move when the r
 Item = tuple[torch.Tensor, int, str]   # (uint8 image, label, error message or "")
 
 
-class ImageSet(Dataset):
+class ImageSet(Dataset, ABC):
     """Labelled images of one split; items are (uint8 (C, S, S) image, label, error-or-empty)."""
 
     labels: torch.Tensor
@@ -40,15 +41,15 @@ class ImageSet(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> Item:
-        raise NotImplementedError
+    @abstractmethod
+    def __getitem__(self, index: int) -> Item: ...
 
-    def subset(self, indices: torch.Tensor) -> "ImageSet":
-        raise NotImplementedError
+    @abstractmethod
+    def subset(self, indices: torch.Tensor) -> "ImageSet": ...
 
+    @abstractmethod
     def decode_all(self, workers: int = 0) -> torch.Tensor:
         """All images as one uint8 (N, C, S, S) tensor on the CPU."""
-        raise NotImplementedError
 
     def nbytes(self) -> int:
         return len(self) * self.channels * self.size * self.size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ class StepContext:
         return self.criterion(logits.float(), y)
 
 
-class Strategy:
+class Strategy(ABC):
     """Base class of training strategies. Subclasses set `name` and implement `step`.
 
     Strategies that set `needs_val` get search-validation batches through `ctx.val_batch()`; those
@@ -123,11 +124,11 @@ class Strategy:
     def setup(self, supernet: "Supernet", space: "SearchSpace", device: torch.device) -> None:
         """Called once before training (and before a checkpoint is restored)."""
 
+    @abstractmethod
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> dict[str, Metric]:
         """Run forward/backward for one batch and return metrics to log (floats or 0-dim tensors,
         detached). Must call `ctx.backward` at least once; must not zero or step optimizers it does
         not own through `ctx.step_optimizer`."""
-        raise NotImplementedError
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Optimizers of parameters this strategy owns; the loop steps them after every `step`."""
