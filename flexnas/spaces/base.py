@@ -256,3 +256,17 @@ class SearchSpace(ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, "
                 f"num_classes={self.num_classes}, width_mult={self.width_mult})")
+
+
+CELL_MIN_INPUT = 8
+
+
+def check_cell_input(space_name: str, input_size: int, shape_reason: str) -> None:
+    """The cell spaces' CIFAR-style macro: two stride-2 reductions (total stride 4) whose halved maps
+    must agree, and a last stage of at least 2x2. `shape_reason` says why the size must divide by 4."""
+    if input_size < CELL_MIN_INPUT:
+        raise SpaceError(f"{space_name}: input size {input_size} is too small for its strides "
+                         f"(total stride 4, and the last stage needs at least 2x2; use at least {CELL_MIN_INPUT})")
+    if input_size % 4:
+        raise SpaceError(f"{space_name}: input size {input_size} must be a multiple of 4 ({shape_reason}), "
+                         f"e.g. {input_size // 4 * 4}")

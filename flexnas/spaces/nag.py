@@ -32,7 +32,7 @@ from torch import nn
 from flexnas.arch import Arch
 from flexnas.errors import ArchError, SpaceError, did_you_mean
 from flexnas.ops.cells import NAG_OPS, PoolHead
-from flexnas.spaces.base import ChoicePoint, Config, LayerSpec, SearchSpace
+from flexnas.spaces.base import ChoicePoint, Config, LayerSpec, SearchSpace, check_cell_input
 
 NUM_VERTICES = 10
 OUT = NUM_VERTICES - 1
@@ -41,7 +41,6 @@ EDGES = tuple((src, dst) for dst in range(2, NUM_VERTICES) for src in range(dst)
 EDGE_INDEX = {e: i for i, e in enumerate(EDGES)}
 CELL_POINTS = len(EDGES) + len(COMPUTE)
 KINDS = ("normal", "reduce")
-MIN_INPUT = 8
 
 
 @dataclass(frozen=True)
@@ -168,12 +167,7 @@ class NAGSpace(SearchSpace):
 
     # ---- structure ------------------------------------------------------------------------------
     def _build_layers(self) -> list[LayerSpec]:
-        if self.input_size < MIN_INPUT:
-            raise SpaceError(f"nag: input size {self.input_size} is too small for its strides "
-                             f"(total stride 4, and the last stage needs at least 2x2; use at least {MIN_INPUT})")
-        if self.input_size % 4:
-            raise SpaceError(f"nag: input size {self.input_size} must be a multiple of 4 (two reduction "
-                             f"cells whose branches must agree on the halved size)")
+        check_cell_input("nag", self.input_size, "two reduction cells whose branches must agree on the halved size")
         points = []
         for kind in KINDS:
             points += [ChoicePoint(f"{kind}.e{s}>{d}", ("0", "1")) for s, d in EDGES]

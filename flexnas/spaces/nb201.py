@@ -21,11 +21,10 @@ from flexnas.arch import Arch
 from flexnas.cost.counter import count
 from flexnas.errors import ArchError, SpaceError, did_you_mean
 from flexnas.ops.cells import NB201_OPS, BNReLUPoolHead, ResidualReduction, nb201_op
-from flexnas.spaces.base import ChoicePoint, Config, LayerSpec, SearchSpace
+from flexnas.spaces.base import ChoicePoint, Config, LayerSpec, SearchSpace, check_cell_input
 
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to node, from node), the string's order
 NUM_ARCHS = len(NB201_OPS) ** len(EDGES)
-MIN_INPUT = 8
 
 
 @lru_cache(maxsize=1)
@@ -83,12 +82,7 @@ class NB201Space(SearchSpace):
 
     # ---- structure ------------------------------------------------------------------------------
     def _build_layers(self) -> list[LayerSpec]:
-        if self.input_size < MIN_INPUT:
-            raise SpaceError(f"nb201: input size {self.input_size} is too small for its strides "
-                             f"(total stride 4, and the last stage needs at least 2x2; use at least {MIN_INPUT})")
-        if self.input_size % 4:
-            raise SpaceError(f"nb201: input size {self.input_size} must be a multiple of 4 (two stride-2 "
-                             f"reductions with a 2x2 pooled shortcut), e.g. {self.input_size // 4 * 4 or 8}")
+        check_cell_input("nb201", self.input_size, "two stride-2 reductions with a 2x2 pooled shortcut")
         points = tuple(ChoicePoint(f"edge{to}<-{i}", self.ops) for to, i in EDGES)
         c = self.channels
         return [LayerSpec(0, c, 4 * c, 4, self.input_size, points)]

@@ -12,7 +12,7 @@ from flexnas.search import Archive, Constraint, SearchConfig, run_search
 from flexnas.search.nag import ClassBins, NagGenerator, in_class_rates
 from flexnas.search.nag import search as nag_search
 
-from .fakes import CostEvaluator, CountingEvaluator, FailingEvaluator, Killed, OpCountEvaluator
+from .fakes import CostEvaluator, FailingEvaluator, Killed, OpCountEvaluator
 
 CELL_SPACES = ("nag", "nb201")  # fixed-width cells: no width_mult
 
@@ -180,7 +180,7 @@ def test_nag_search_gan_model_and_infeasible_targets(space):
     assert len(result.records) == 24 and len(set(ev.calls)) == 24
     assert all(r["macs"] <= 1e6 for r in result.records)
     with pytest.raises(ConstraintError, match="infeasible"):
-        run_search(space, CountingEvaluator(space), SearchConfig(strategy="nag", budget=5, targets=["macs<=1K"]))
+        run_search(space, CostEvaluator(space), SearchConfig(strategy="nag", budget=5, targets=["macs<=1K"]))
 
 
 def test_cli_nag_and_search_strategy_nag(tmp_path, capsys):
