@@ -3,7 +3,8 @@
 For each space: profile its latency table on this machine, then build `--archs` random standalone
 subnets and time each end to end with the same timer, clock, threads and batch size. Prints JSON with
 the median absolute error (%) per space (goal <= 10%) and the signed median error (bias: negative
-means the table under-predicts). Why the table goes wrong is discussed in docs/latency.md.
+means the table under-predicts), for the calibrated table (its scale fitted on `--calibrate` other
+random archs, see `calibrate_table`) and for the raw module sum. Why the table goes wrong is discussed in docs/latency.md.
 
     python benchmarks/latency_validation.py                       # 30 archs, 5 spaces, 32 px, x0.5, batch 1
     python benchmarks/latency_validation.py --spaces proxyless --archs 3 --repeats 5   # smoke run
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--flush-mb", type=float, default=0.0, help="cold-cache profiling (see profile())")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--calibrate", type=int, default=10,
+                    help="archs the table's scale is fitted on (drawn apart from the validation archs; 0: raw)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -53,9 +56,13 @@ def main() -> None:
                            width_mult=args.width_mult)
         t0 = time.perf_counter()
         table = profile(space, "cpu", args.batch_size, args.threads, warmup=args.warmup, repeats=args.repeats,
-                        clock=args.clock, flush_mb=args.flush_mb)
+                        clock=args.clock, flush_mb=args.flush_mb, calibrate=args.calibrate,
+                        calibration_seed=args.seed + 1000)
         profile_s = time.perf_counter() - t0
         cm = space.cost_model(latency=table)
+        calib_rng = random.Random(args.seed + 1000)  # the draws calibrate_table made
+        calibration_archs = {space.sample(calib_rng) for _ in range(args.calibrate)}
+        overlap = 0
         rng = random.Random(args.seed)
         rows = []
         for _ in range(args.archs):
@@ -64,12 +71,18 @@ def main() -> None:
             measured = measure_latency(space.subnet(arch), args.input_size, "cpu", args.batch_size,
                                        warmup=args.warmup, repeats=args.repeats, clock=args.clock)
             rows.append((predicted, measured))
+            overlap += arch in calibration_archs
         errors = [(p - m) / m * 100 for p, m in rows]
+        raw_errors = [(p / table.scale - m) / m * 100 for p, m in rows]
         out["spaces"][name] = {
             "archs": len(rows),
             "median_abs_error_pct": round(statistics.median(abs(e) for e in errors), 2),
             "median_signed_error_pct": round(statistics.median(errors), 2),
             "max_abs_error_pct": round(max(abs(e) for e in errors), 2),
+            "uncalibrated_median_abs_error_pct": round(statistics.median(abs(e) for e in raw_errors), 2),
+            "uncalibrated_median_signed_error_pct": round(statistics.median(raw_errors), 2),
+            "calibration": table.calibration,
+            "validation_archs_also_used_for_calibration": overlap,
             "measured_ms_range": [round(min(m for _, m in rows), 3), round(max(m for _, m in rows), 3)],
             "table_latency_range_ms": [round(v, 3) for v in cm.range("latency_ms")],
             "rank_agreement": _kendall([p for p, _ in rows], [m for _, m in rows]),

@@ -368,12 +368,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         done[0] = i
 
     table = profile(space, args.device, args.batch_size, args.threads, args.dtype, args.warmup, args.repeats,
-                    clock=args.clock, flush_mb=args.flush_mb, progress=progress)
+                    clock=args.clock, flush_mb=args.flush_mb, calibrate=args.calibrate, progress=progress)
     path = table.save(args.out or default_path(space, table))
     lo, hi = attach_latency(space, table).range("latency_ms")
+    cal = table.calibration
+    calibrated = (f"calibrated on {cal['archs']} whole archs: x{cal['scale']:.3f} (median error on them "
+                  f"{cal['in_sample_median_abs_error_pct']['raw']}% raw -> "
+                  f"{cal['in_sample_median_abs_error_pct']['calibrated']}%)" if cal else "not calibrated")
     print(f"{space.describe()}\n{table.settings['modules_timed']} modules timed in {table.settings['seconds']} s on "
-          f"{describe_fingerprint(table.fingerprint)}\nlatency {lo:.3f}..{hi:.3f} ms "
-          f"(stem {table.stem_ms:.3f}, head {table.head_ms:.3f})\ntable: {path}")
+          f"{describe_fingerprint(table.fingerprint)}\n{calibrated}\nlatency {lo:.3f}..{hi:.3f} ms "
+          f"(stem {table.stem_ms:.3f}, head {table.head_ms:.3f}, raw)\ntable: {path}")
     return 0
 
 
@@ -511,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="cpu: one thread's CPU time, for shared, oversubscribed CPUs")
     p.add_argument("--flush-mb", type=float, default=0.0, help="evict caches with a buffer this large before each call")
+    p.add_argument("--calibrate", type=int, default=10, metavar="ARCHS",
+                   help="fit the table's scale on this many random whole archs timed end to end (0: off)")
     p.add_argument("--out", default=None, help="JSON path (default latency/<space>-<size>px-x<width>-<device>-<id>.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_profile)

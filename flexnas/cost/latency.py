@@ -191,7 +191,14 @@ class LatencyTable:
     head_ms: float
     layers: list[dict[str, float]]
     settings: dict[str, Any] = field(default_factory=dict)
+    calibration: Optional[dict[str, Any]] = None
     path: Optional[Path] = None
+
+    @property
+    def scale(self) -> float:
+        """What every entry is multiplied by when the table is used: the whole-network calibration
+        factor (1.0 for an uncalibrated table)."""
+        return float(self.calibration["scale"]) if self.calibration else 1.0
 
     @property
     def id(self) -> str:
@@ -200,7 +207,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "fingerprint": self.fingerprint, "fingerprint_id": self.id,
                 "space": self.space, "settings": self.settings, "unit": "ms", "stem_ms": self.stem_ms,
-                "head_ms": self.head_ms, "layers": self.layers}
+                "head_ms": self.head_ms, "layers": self.layers, "calibration": self.calibration}
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> Path:
         """Write atomically (temp file + rename), so a killed profile never leaves half a table."""
@@ -225,13 +232,23 @@ class LatencyTable:
             return cls(fingerprint=dict(data["fingerprint"]), space=dict(data["space"]),
                        stem_ms=float(data["stem_ms"]), head_ms=float(data["head_ms"]),
                        layers=[{str(k): float(v) for k, v in row.items()} for row in data["layers"]],
-                       settings=dict(data.get("settings", {})), path=path)
+                       settings=dict(data.get("settings", {})), calibration=_calibration(data.get("calibration")),
+                       path=path)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"latency table {path} is malformed ({type(exc).__name__}: {exc}); "
                               f"profile it again") from None
 
     def where(self) -> str:
         return str(self.path) if self.path is not None else "(in memory)"
+
+
+def _calibration(value: Any) -> Optional[dict[str, Any]]:
+    if value is None:
+        return None
+    scale = float(value["scale"])
+    if not scale > 0:
+        raise ValueError(f"calibration scale must be > 0, got {scale}")
+    return dict(value)
 
 
 # ---- profiling ----------------------------------------------------------------------------------
@@ -253,7 +270,7 @@ def _canonical_configs(space: "SearchSpace", layer: "LayerSpec") -> list[tuple[i
 
 def profile(space: "SearchSpace", device: Union[str, torch.device] = "cpu", batch_size: int = 1,
             threads: Optional[int] = None, dtype: str = "float32", warmup: int = 10, repeats: int = 50,
-            clock: str = "wall", flush_mb: float = 0.0,
+            clock: str = "wall", flush_mb: float = 0.0, calibrate: int = 0, calibration_seed: int = 1,
             progress: Optional[Callable[[int, int], None]] = None) -> LatencyTable:
     """Time every distinct (layer, choice) module of `space` alone at its real input shape, plus the
     stem and the head: one entry per distinct module cost key (SGNAS: per kernel multiset), in the
@@ -261,7 +278,9 @@ def profile(space: "SearchSpace", device: Union[str, torch.device] = "cpu", batc
     the space's own decomposition into a few measured modules, where the space has one for latency.
     `flush_mb` > 0 writes a buffer that large before every timed call, so each module runs with cold
     caches as it does inside a network whose other layers evicted its weights (0: warm, the usual
-    micro-benchmark). `progress(done, total)` is called after each layer."""
+    micro-benchmark). `calibrate` > 0 then times that many random whole archs (drawn with
+    `calibration_seed`) end to end and stores the median ratio measured / table sum as the table's
+    scale (see `calibrate_table`). `progress(done, total)` is called after each layer."""
     _check_per_layer(space)
     dev = _resolve(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -273,6 +292,8 @@ def profile(space: "SearchSpace", device: Union[str, torch.device] = "cpu", batc
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if flush_mb < 0:
         raise ConfigError(f"flush_mb must be >= 0, got {flush_mb}")
+    if calibrate < 0:
+        raise ConfigError(f"calibrate must be >= 0 archs, got {calibrate}")
     flush = torch.zeros(int(flush_mb * 262144), device=dev) if flush_mb > 0 else None
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -329,12 +350,56 @@ def profile(space: "SearchSpace", device: Union[str, torch.device] = "cpu", batc
             layers.append(row)
             if progress is not None:
                 progress(i + 1, len(space.layers))
+        settings = {"warmup": warmup, "repeats": repeats, "statistic": "median", "clock": clock,
+                    "flush_mb": flush_mb, "modules_timed": timed_modules}
+        table = LatencyTable(fp, space_signature(space), stem_ms, head_ms, layers, settings)
+        if calibrate:
+            calibrate_table(space, table, calibrate, calibration_seed, warmup, repeats)
     finally:
         torch.set_num_threads(old_threads)
-    settings = {"warmup": warmup, "repeats": repeats, "statistic": "median", "clock": clock, "flush_mb": flush_mb,
-                "modules_timed": timed_modules,
-                "seconds": round(time.perf_counter() - started, 2), "created": time.time()}
-    return LatencyTable(fp, space_signature(space), stem_ms, head_ms, layers, settings)
+    table.settings.update(seconds=round(time.perf_counter() - started, 2), created=time.time())
+    return table
+
+
+def calibrate_table(space: "SearchSpace", table: LatencyTable, archs: int = 10, seed: int = 1,
+                    warmup: int = 10, repeats: int = 50) -> dict[str, Any]:
+    """Fit the table's scale to whole networks: time `archs` random archs end to end (the table's
+    device, threads, batch, dtype and clock) and keep the median of measured / table sum. Modules
+    timed alone run with their weights and input hot in cache and without the neighbours' memory
+    traffic, so the raw sum under-predicts a network by a fairly constant factor (docs/latency.md);
+    one factor keeps the prediction additive, exact over the table and differentiable. The raw
+    entries stay in the file; `calibration` records the fit and its in-sample error."""
+    import random
+
+    if archs < 1:
+        raise ConfigError(f"calibration needs at least 1 arch, got {archs}")
+    fp = table.fingerprint
+    threads = fp.get("threads")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    from flexnas.cost.model import CostModel
+
+    rng = random.Random(seed)
+    raw = CostModel(space, {"latency_ms": _rows(space, table)}, {"latency_ms": table.stem_ms + table.head_ms})
+    pairs = []
+    try:
+        for _ in range(archs):
+            arch = space.sample(rng)
+            measured = measure_latency(space.subnet(arch), space.input_size, fp["device"], fp["batch_size"],
+                                       fp["dtype"], warmup, repeats, clock=fp.get("clock", "wall"))
+            pairs.append((raw.cost(arch)["latency_ms"], measured))
+    finally:
+        torch.set_num_threads(old_threads)
+    ratios = [m / p for p, m in pairs]
+    scale = statistics.median(ratios)
+    table.calibration = {
+        "scale": round(scale, 6), "archs": archs, "seed": seed, "statistic": "median measured / table sum",
+        "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)],
+        "in_sample_median_abs_error_pct": {
+            "raw": round(statistics.median(abs(p - m) / m * 100 for p, m in pairs), 2),
+            "calibrated": round(statistics.median(abs(scale * p - m) / m * 100 for p, m in pairs), 2)}}
+    return table.calibration
 
 
 def default_path(space: "SearchSpace", table: LatencyTable) -> Path:
@@ -404,8 +469,8 @@ def attach_latency(space: "SearchSpace", table: PathOrTable, allow_foreign_table
     base = space.cost_model()
     tables = {m: base._tables[m] for m in base.metrics if m != "latency_ms"}
     constants = {m: base.constants[m] for m in tables}
-    tables["latency_ms"] = _rows(space, table)
-    constants["latency_ms"] = table.stem_ms + table.head_ms
+    tables["latency_ms"] = [row * table.scale for row in _rows(space, table)]
+    constants["latency_ms"] = (table.stem_ms + table.head_ms) * table.scale
     model = CostModel(space, tables, constants)
     model.latency_table = table  # type: ignore[attr-defined]
     space.__dict__["_cost_model"] = model

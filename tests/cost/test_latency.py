@@ -128,6 +128,37 @@ def test_latency_targets_in_constraints_and_search(profiled):
     assert best["latency_ms"] <= c.high
 
 
+def test_calibration_is_the_median_whole_network_ratio_and_scales_every_entry(monkeypatch, tmp_path):
+    import statistics
+    from dataclasses import replace
+
+    import flexnas.cost.latency as latency
+
+    torch.set_num_threads(1)
+    space = spaces.get("proxyless", **TINY)
+    measured = iter([5.0, 7.0, 6.0, 9.0, 4.0])  # stand-in end-to-end timings of the 5 calibration archs
+    monkeypatch.setattr(latency, "measure_latency", lambda *a, **k: next(measured))
+    table = profile(space, "cpu", threads=1, warmup=0, repeats=1, calibrate=5, calibration_seed=7)
+    raw = replace(table, calibration=None)
+    raw_cm = spaces.get("proxyless", **TINY).cost_model(latency=raw)
+    rng = random.Random(7)
+    ratios = [m / raw_cm.cost(space.sample(rng))["latency_ms"] for m in (5.0, 7.0, 6.0, 9.0, 4.0)]
+    assert table.calibration["scale"] == pytest.approx(statistics.median(ratios), rel=1e-5)
+    assert table.scale != 1.0 and raw.scale == 1.0
+    cm = space.cost_model(latency=table)
+    for arch in [space.sample(random.Random(8)) for _ in range(5)]:
+        assert cm.cost(arch)["latency_ms"] == pytest.approx(table.scale * raw_cm.cost(arch)["latency_ms"], rel=1e-9)
+    loaded = LatencyTable.load(table.save(tmp_path / "cal.json"))
+    assert loaded.calibration == table.calibration and loaded.layers == table.layers  # raw entries kept
+    data = json.loads((tmp_path / "cal.json").read_text())
+    data["calibration"]["scale"] = -1
+    (tmp_path / "cal.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="malformed.*scale must be > 0"):
+        LatencyTable.load(tmp_path / "cal.json")
+    with pytest.raises(ConfigError, match="calibrate must be >= 0"):
+        profile(space, repeats=1, calibrate=-1)
+
+
 def test_unsupported_spaces_say_so():
     for name in ("nb201", "ofa"):
         if name not in spaces.names():
@@ -151,8 +182,10 @@ def test_cli_profile_and_cost(tmp_path, capsys):
     out = tmp_path / "t.json"
     args = ["proxyless", "--input-size", "16", "--num-classes", "10", "--width-mult", "0.25"]
     assert main(["profile", *args, "--threads", "1", "--warmup", "0", "--repeats", "1", "--out", str(out),
-                 "--quiet"]) == 0
-    assert "table: " in capsys.readouterr().out and out.is_file()
+                 "--calibrate", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "table: " in printed and "calibrated on 2 whole archs" in printed and out.is_file()
+    assert json.loads(out.read_text())["calibration"]["archs"] == 2
     space = spaces.get("proxyless", **TINY)
     arch = space.encode(space.sample(random.Random(4)))
     assert main(["cost", *args, arch, "--latency-table", str(out), "--json"]) == 0
