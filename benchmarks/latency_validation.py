@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="cpu: thread CPU time, immune to other processes holding the core (1 thread)")
+    ap.add_argument("--statistic", default="min", choices=["median", "min"],
+                    help="summary of the repeats, for the table and the whole networks alike")
     ap.add_argument("--flush-mb", type=float, default=0.0, help="cold-cache profiling (see profile())")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=30)
@@ -57,7 +59,7 @@ def main() -> None:
         t0 = time.perf_counter()
         table = profile(space, "cpu", args.batch_size, args.threads, warmup=args.warmup, repeats=args.repeats,
                         clock=args.clock, flush_mb=args.flush_mb, calibrate=args.calibrate,
-                        calibration_seed=args.seed + 1000)
+                        calibration_seed=args.seed + 1000, statistic=args.statistic)
         profile_s = time.perf_counter() - t0
         cm = space.cost_model(latency=table)
         calib_rng = random.Random(args.seed + 1000)  # the draws calibrate_table made
@@ -69,7 +71,8 @@ def main() -> None:
             arch = space.sample(rng)
             predicted = cm.cost(arch)["latency_ms"]
             measured = measure_latency(space.subnet(arch), args.input_size, "cpu", args.batch_size,
-                                       warmup=args.warmup, repeats=args.repeats, clock=args.clock)
+                                       warmup=args.warmup, repeats=args.repeats, clock=args.clock,
+                                       statistic=args.statistic)
             rows.append((predicted, measured))
             overlap += arch in calibration_archs
         errors = [(p - m) / m * 100 for p, m in rows]

@@ -368,7 +368,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         done[0] = i
 
     table = profile(space, args.device, args.batch_size, args.threads, args.dtype, args.warmup, args.repeats,
-                    clock=args.clock, flush_mb=args.flush_mb, calibrate=args.calibrate, progress=progress)
+                    clock=args.clock, flush_mb=args.flush_mb, calibrate=args.calibrate, statistic=args.statistic,
+                    progress=progress)
     path = table.save(args.out or default_path(space, table))
     lo, hi = attach_latency(space, table).range("latency_ms")
     cal = table.calibration
@@ -515,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="cpu: one thread's CPU time, for shared, oversubscribed CPUs")
     p.add_argument("--flush-mb", type=float, default=0.0, help="evict caches with a buffer this large before each call")
+    p.add_argument("--statistic", default="median", choices=["median", "min"],
+                   help="per-module summary of the repeats; min is steadier on a shared or busy CPU")
     p.add_argument("--calibrate", type=int, default=10, metavar="ARCHS",
                    help="fit the table's scale on this many random whole archs timed end to end (0: off)")
     p.add_argument("--out", default=None, help="JSON path (default latency/<space>-<size>px-x<width>-<device>-<id>.json)")

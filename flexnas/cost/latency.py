@@ -39,6 +39,9 @@ __all__ = ["LatencyTable", "attach_latency", "device_fingerprint", "describe_fin
 
 TABLE_FORMAT = "flexnas-latency/1"
 CLOCKS = ("wall", "cpu")
+# median: the typical call on a quiet device. min: the least-disturbed call, a steadier estimate of
+# the quiet-device latency on a shared or busy CPU (what benchmarks/latency_validation.py uses here).
+STATISTICS = {"median": statistics.median, "min": min}
 MAX_DIRECT = 512  # distinct modules per layer timed one by one
 _SUPPORTED = "latency tables support per-layer spaces such as proxyless, mobilenetv2, fbnet, spos and sgnas"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -119,7 +122,7 @@ def _clock(clock: str, device: torch.device) -> Callable[[], float]:
 
 
 def time_module(module: nn.Module, x: torch.Tensor, warmup: int = 10, repeats: int = 50,
-                clock: str = "wall", flush: Optional[torch.Tensor] = None) -> float:
+                clock: str = "wall", flush: Optional[torch.Tensor] = None, statistic: str = "median") -> float:
     """Median time of `module(x)` in milliseconds, after `warmup` untimed calls (allocator,
     oneDNN/cuDNN algorithm selection). Each call is timed alone and CUDA-synchronised, so the median
     ignores the occasional call another process on the machine slowed down."""
@@ -144,17 +147,24 @@ def time_module(module: nn.Module, x: torch.Tensor, warmup: int = 10, repeats: i
                 times.append(now() - start)
     finally:
         module.train(was_training)
-    return statistics.median(times) * 1e3
+    return _statistic(statistic)(times) * 1e3
+
+
+def _statistic(name: str) -> Callable[[list[float]], float]:
+    if name not in STATISTICS:
+        raise ConfigError(f"unknown timing statistic '{name}'{did_you_mean(name, STATISTICS)}; "
+                          f"use one of {', '.join(STATISTICS)}")
+    return STATISTICS[name]
 
 
 def measure_latency(model: nn.Module, input_size: int, device: Union[str, torch.device] = "cpu",
                     batch_size: int = 1, dtype: str = "float32", warmup: int = 10, repeats: int = 50,
-                    channels: int = 3, clock: str = "wall") -> float:
+                    channels: int = 3, clock: str = "wall", statistic: str = "median") -> float:
     """End-to-end latency (ms, median) of a whole network: what the table predicts."""
     dev, dt = _resolve(device), _dtype(dtype, _resolve(device))
     model = model.to(dev, dt)
     x = torch.randn(batch_size, channels, input_size, input_size, device=dev, dtype=dt)
-    return time_module(model, x, warmup, repeats, clock)
+    return time_module(model, x, warmup, repeats, clock, statistic=statistic)
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
@@ -271,6 +281,7 @@ def _canonical_configs(space: "SearchSpace", layer: "LayerSpec") -> list[tuple[i
 def profile(space: "SearchSpace", device: Union[str, torch.device] = "cpu", batch_size: int = 1,
             threads: Optional[int] = None, dtype: str = "float32", warmup: int = 10, repeats: int = 50,
             clock: str = "wall", flush_mb: float = 0.0, calibrate: int = 0, calibration_seed: int = 1,
+            statistic: str = "median",
             progress: Optional[Callable[[int, int], None]] = None) -> LatencyTable:
     """Time every distinct (layer, choice) module of `space` alone at its real input shape, plus the
     stem and the head: one entry per distinct module cost key (SGNAS: per kernel multiset), in the
@@ -306,11 +317,12 @@ def profile(space: "SearchSpace", device: Union[str, torch.device] = "cpu", batc
         timed_modules += 1
         module = module.to(dev, dt).eval()
         x = torch.randn(batch_size, *shape, device=dev, dtype=dt)
-        return time_module(module, x, warmup, repeats, clock, flush)
+        return time_module(module, x, warmup, repeats, clock, flush, statistic)
 
     try:
         fp = device_fingerprint(dev, threads, batch_size, dtype, clock)
-        _clock(clock, dev)  # reject a bad clock before timing anything
+        _clock(clock, dev)  # reject a bad clock or statistic before timing anything
+        _statistic(statistic)
         stem_ms = timed(space._stem(), (3, space.input_size, space.input_size))
         last = space.layers[-1]
         head_hw = -(-last.in_hw // last.stride)
@@ -350,7 +362,7 @@ def profile(space: "SearchSpace", device: Union[str, torch.device] = "cpu", batc
             layers.append(row)
             if progress is not None:
                 progress(i + 1, len(space.layers))
-        settings = {"warmup": warmup, "repeats": repeats, "statistic": "median", "clock": clock,
+        settings = {"warmup": warmup, "repeats": repeats, "statistic": statistic, "clock": clock,
                     "flush_mb": flush_mb, "modules_timed": timed_modules}
         table = LatencyTable(fp, space_signature(space), stem_ms, head_ms, layers, settings)
         if calibrate:
@@ -387,7 +399,8 @@ def calibrate_table(space: "SearchSpace", table: LatencyTable, archs: int = 10, 
         for _ in range(archs):
             arch = space.sample(rng)
             measured = measure_latency(space.subnet(arch), space.input_size, fp["device"], fp["batch_size"],
-                                       fp["dtype"], warmup, repeats, clock=fp.get("clock", "wall"))
+                                       fp["dtype"], warmup, repeats, clock=fp.get("clock", "wall"),
+                                       statistic=table.settings.get("statistic", "median"))
             pairs.append((raw.cost(arch)["latency_ms"], measured))
     finally:
         torch.set_num_threads(old_threads)

@@ -172,6 +172,8 @@ def test_bad_settings():
     space = spaces.get("proxyless", **TINY)
     with pytest.raises(ConfigError, match="cpu clock"):
         profile(space, threads=2, clock="cpu", repeats=1)
+    with pytest.raises(ConfigError, match="statistic .mean.*did you mean .median."):
+        profile(space, statistic="mean", repeats=1)
     with pytest.raises(ConfigError, match="did you mean 'float32'"):
         profile(space, dtype="float23", repeats=1)
     with pytest.raises(ConfigError, match="does not exist"):
