@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 epoch, budget 20 (a smoke run)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's; cifar10: all)")
     args = parser.parse_args()
 
     from flexnas.config import load_yaml
@@ -64,6 +65,8 @@ def main() -> None:
                         f"train.strategy_args.warmup_epochs={min(epochs - 1, 1 if strategy == 'differentiable' else 2)}")
         if args.data == "cifar10":
             over += cifar_overrides(args.root, args.max_train)
+        if args.threads:
+            over.append(f"threads={args.threads}")
         run = Run.create(load_run_config(recipe, over), progress=False, resume=True)
         targets = args.target or (run.cfg.search.targets if args.data == "digits" else default_targets(run))
         t0 = time.perf_counter()
