@@ -269,11 +269,33 @@ def _model_from_meta(meta: dict[str, Any], state: dict[str, torch.Tensor], path:
     return net
 
 
+def _exported_model(path: Path) -> Optional[tuple[nn.Module, dict[str, Any]]]:
+    """A `flexnas export` result (card, model file or export folder) as (network, meta); None when
+    `path` has no model card (a `flexnas train` folder or checkpoint)."""
+    from flexnas import export
+
+    try:
+        card, _ = export.read_card(path)
+    except CheckpointError:
+        return None
+    args = card["space"].get("args", {})
+    meta = {"kind": MODEL_KIND, "arch": card["arch"],
+            "space": {"name": card["space"]["name"], "input_size": args.get("input_size"),
+                      "num_classes": args.get("num_classes"), "width_mult": args.get("width_mult")},
+            "data": card.get("data"), "mean": card.get("input", {}).get("mean"),
+            "std": card.get("input", {}).get("std")}
+    return export.load(path), meta
+
+
 def load_model(path: Union[str, Path]) -> tuple[nn.Module, dict[str, Any]]:
     """(network in eval mode, meta) from a `flexnas train` run folder, its model.pt, or its
-    checkpoint.pt (the EMA weights when the run keeps an EMA). `meta` has space, arch, subnet options,
+    checkpoint.pt (the EMA weights when the run keeps an EMA), or from a `flexnas export` card,
+    model file or folder (the network rebuilt from the exported weights). `meta` has space, arch, subnet options,
     the training data config and its normalisation mean/std."""
     path = Path(path)
+    exported = _exported_model(path)
+    if exported is not None:
+        return exported
     if path.is_dir():
         folder = path
         path = path / MODEL_NAME if (path / MODEL_NAME).is_file() else path / "checkpoint.pt"

@@ -80,6 +80,20 @@ def test_export_round_trip(run, arch, fmt, tmp_path):
             assert (torch.jit.load(str(res.model_path))(x) - want).abs().max() <= 1e-4
 
 
+def test_eval_takes_an_exported_model(run, arch, tmp_path, capsys):
+    from flexnas.evaluate import evaluate_model
+    from flexnas.scratch import evaluate_checkpoint
+
+    res = export_subnet(run, arch, format="onnx", out=tmp_path)
+    want = evaluate_model(flexnas.load(res.card_path), run.data.test, "cpu")
+    for where in (res.card_path, res.model_path, tmp_path):
+        out = evaluate_checkpoint(where, device="cpu")
+        assert out["arch"] == arch and out["data"] == "digits" and out["images"] == want["images"]
+        assert out["top1"] == pytest.approx(want["top1"]) and out["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert main(["eval", str(res.card_path), "--json", "--device", "cpu", "max_test=40"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 40
+
+
 def test_target_export_and_latency_search_from_cli(run, tmp_path, capsys):
     table = tmp_path / "lat.json"
     assert main(["profile", "proxyless", "--input-size", "8", "--num-classes", "10", "--width-mult", "0.25",
