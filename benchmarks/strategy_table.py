@@ -4,6 +4,8 @@ by the same BN-recalibrating evaluator (search-validation split). Prints a markd
     python benchmarks/strategy_table.py                      # digits, the configs/*_digits recipes
     python benchmarks/strategy_table.py --quick              # 1 epoch each, budget 20: proves it runs
     python benchmarks/strategy_table.py --data cifar10 --max-train 10000   # reduced CIFAR-10
+    python benchmarks/strategy_table.py --data cifar10 --max-train 5000 --epochs-scale 0.5 \
+        --set space.width_mult=0.25 --threads 1                            # what fits a 2-core CPU
 
 Every run is a normal run folder (runs/table_<data>_<strategy>/): a killed table resumes where it
 stopped. For `differentiable` and `dsnas`, the arch the strategy derived itself is scored too.
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 epoch, budget 20 (a smoke run)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every strategy, e.g. --set space.width_mult=0.25 (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's; cifar10: all)")
     args = parser.parse_args()
 
@@ -67,6 +71,7 @@ def main() -> None:
             over += cifar_overrides(args.root, args.max_train)
         if args.threads:
             over.append(f"threads={args.threads}")
+        over += args.set
         run = Run.create(load_run_config(recipe, over), progress=False, resume=True)
         targets = args.target or (run.cfg.search.targets if args.data == "digits" else default_targets(run))
         t0 = time.perf_counter()
@@ -88,7 +93,7 @@ def main() -> None:
     for r in rows:
         arch = r["arch"] if len(r["arch"]) <= 40 else r["arch"][:37] + "..."
         print(f"| {r['strategy']} | {r['target']} | {r['macs'] / 1e6:.3f} | {r['accuracy'] * 100:.2f} | `{arch}` |")
-    print(json.dumps({"benchmark": "strategy_table", "data": args.data, "quick": args.quick,
+    print(json.dumps({"benchmark": "strategy_table", "data": args.data, "quick": args.quick, "settings": vars(args),
                       "strategies": summary, "rows": rows}, indent=1))
 
 
