@@ -53,6 +53,9 @@ VERSION = 1
 Target = Union[float, int, str, Mapping[str, Union[float, int, str]]]
 
 
+CE_BN = ("running", "batch")  # BatchNorm statistics in the cross-entropy forward (docs/generator.md)
+
+
 @dataclass
 class GeneratorConfig:
     """The `generator:` section of a run config. `metrics`, `hidden`, `frequencies` and `seed` shape the
@@ -73,6 +76,7 @@ class GeneratorConfig:
     ce_weight: float = 1.0
     ce_every: int = 5
     image_batch: int = 16
+    ce_bn: str = "running"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -97,6 +101,9 @@ class GeneratorConfig:
         if not 0 < self.tau_end <= self.tau_start:
             raise ConfigError(f"generator temperatures need 0 < tau_end <= tau_start, got "
                               f"{self.tau_start} -> {self.tau_end}")
+        if self.ce_bn not in CE_BN:
+            raise ConfigError(f"generator.ce_bn must be one of {', '.join(CE_BN)}, got {self.ce_bn!r}"
+                              f"{did_you_mean(str(self.ce_bn), CE_BN)}")
         if self.cost_weight == 0 and self.ce_weight == 0:
             raise ConfigError("generator.cost_weight and generator.ce_weight are both 0: nothing to fit")
 
@@ -358,7 +365,7 @@ class Generator(nn.Module):
         gen = torch.Generator().manual_seed(cfg.seed)
         opt = torch.optim.Adam(self.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
-        frozen = _Frozen(supernet) if use_ce else None
+        frozen = _Frozen(supernet, batch_stats=cfg.ce_bn == "batch") if use_ce else None
         stream = _cycle(batches) if use_ce else None
         bar = _progress(cfg.steps, progress)
         last: dict[str, float] = {}
@@ -492,20 +499,32 @@ class Generator(nn.Module):
 
 
 class _Frozen:
-    """Freeze a module for the generator fit (eval mode, no parameter grads) and restore it after."""
+    """Freeze a module for the generator fit (eval mode, no parameter grads) and restore it after.
+    `batch_stats`: BatchNorm layers normalise with each batch's statistics instead (train mode), as a
+    recalibrated path would; their running buffers are restored bit-exactly afterwards."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, batch_stats: bool = False) -> None:
         self.module = module
         self.modes = {m: m.training for m in module.modules()}
         self.flags = [p.requires_grad for p in module.parameters()]
         module.eval()
         module.requires_grad_(False)
+        self.buffers = {}
+        if batch_stats:
+            for m in module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+            self.buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
 
     def restore(self) -> None:
         for m, mode in self.modes.items():
             m.training = mode
         for p, flag in zip(self.module.parameters(), self.flags):
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for name, b in self.module.named_buffers():
+                if name in self.buffers:
+                    b.copy_(self.buffers[name])
 
 
 def _cycle(batches: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -61,8 +61,8 @@ def test_generate_accepts_every_target_form(spos, fitted):
     assert parse_target(f"{lo / 1e6}M<=macs<={hi / 1e6}M", ("macs",))["macs"] == pytest.approx(mid)
 
 
-@pytest.mark.parametrize("name", MIXTURE_SPACES)
-def test_fit_moves_only_the_generator_through_the_frozen_supernet(name):
+@pytest.mark.parametrize("name,ce_bn", [(n, "running") for n in MIXTURE_SPACES] + [("proxyless", "batch")])
+def test_fit_moves_only_the_generator_through_the_frozen_supernet(name, ce_bn):
     space = tiny(name)
     supernet = space.supernet().train()
     flags = [p.requires_grad for p in supernet.parameters()]
@@ -72,7 +72,7 @@ def test_fit_moves_only_the_generator_through_the_frozen_supernet(name):
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))]
     # cost_weight=0: any change of the generator must come from the cross-entropy through the supernet
-    last = gen.fit(supernet, space, batches, steps=2, ce_every=1, cost_targets=4, cost_weight=0.0)
+    last = gen.fit(supernet, space, batches, steps=2, ce_every=1, cost_targets=4, cost_weight=0.0, ce_bn=ce_bn)
     assert np.isfinite(last["ce"]) and last["ce"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(start, gen.parameters()))
     after = supernet.state_dict()
