@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Hashable
@@ -123,9 +124,9 @@ def _clock(clock: str, device: torch.device) -> Callable[[], float]:
 
 def time_module(module: nn.Module, x: torch.Tensor, warmup: int = 10, repeats: int = 50,
                 clock: str = "wall", flush: Optional[torch.Tensor] = None, statistic: str = "median") -> float:
-    """Median time of `module(x)` in milliseconds, after `warmup` untimed calls (allocator,
-    oneDNN/cuDNN algorithm selection). Each call is timed alone and CUDA-synchronised, so the median
-    ignores the occasional call another process on the machine slowed down."""
+    """Median (or `statistic`: min) time of `module(x)` in milliseconds, after `warmup` untimed calls
+    (allocator, oneDNN/cuDNN algorithm selection). Each call is timed alone and CUDA-synchronised, so
+    the median ignores the occasional call another process on the machine slowed down."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"timing needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     now = _clock(clock, x.device)
@@ -160,7 +161,7 @@ def _statistic(name: str) -> Callable[[list[float]], float]:
 def measure_latency(model: nn.Module, input_size: int, device: Union[str, torch.device] = "cpu",
                     batch_size: int = 1, dtype: str = "float32", warmup: int = 10, repeats: int = 50,
                     channels: int = 3, clock: str = "wall", statistic: str = "median") -> float:
-    """End-to-end latency (ms, median) of a whole network: what the table predicts."""
+    """End-to-end latency (ms, median or `statistic`) of a whole network: what the table predicts."""
     dev, dt = _resolve(device), _dtype(dtype, _resolve(device))
     model = model.to(dev, dt)
     x = torch.randn(batch_size, channels, input_size, input_size, device=dev, dtype=dt)
@@ -381,8 +382,6 @@ def calibrate_table(space: "SearchSpace", table: LatencyTable, archs: int = 10, 
     traffic, so the raw sum under-predicts a network by a fairly constant factor (docs/latency.md);
     one factor keeps the prediction additive, exact over the table and differentiable. The raw
     entries stay in the file; `calibration` records the fit and its in-sample error."""
-    import random
-
     if archs < 1:
         raise ConfigError(f"calibration needs at least 1 arch, got {archs}")
     fp = table.fingerprint
