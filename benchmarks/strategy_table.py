@@ -31,9 +31,13 @@ def cifar_overrides(root: str, max_train: int) -> list[str]:
             "data.workers=2", "threads=null", "evaluate.bn_batches=4", "evaluate.max_val_batches=8"]
 
 
-def default_targets(run) -> list[str]:
+def default_targets(cfg) -> list[str]:
     """Three MACs targets at 15%, 30% and 50% of the space's range (used off digits)."""
-    lo, hi = run.space.cost_range("macs")
+    from flexnas import spaces
+
+    sc = cfg.space
+    space = spaces.get(sc.name, input_size=32, num_classes=10, width_mult=sc.width_mult, **sc.options)
+    lo, hi = space.cost_range("macs")
     return [f"macs<={(lo + f * (hi - lo)) / 1e6:.3g}M" for f in (0.15, 0.3, 0.5)]
 
 
@@ -72,8 +76,11 @@ def main() -> None:
         if args.threads:
             over.append(f"threads={args.threads}")
         over += args.set
+        if args.data == "cifar10" and "cost_target" in load_yaml(recipe)["train"].get("strategy_args", {}):
+            # the digits recipe's cost target lies outside the CIFAR space's range: use the middle target
+            over.append(f"train.strategy_args.cost_target={default_targets(load_run_config(recipe, over))[1]}")
         run = Run.create(load_run_config(recipe, over), progress=False, resume=True)
-        targets = args.target or (run.cfg.search.targets if args.data == "digits" else default_targets(run))
+        targets = args.target or (run.cfg.search.targets if args.data == "digits" else default_targets(run.cfg))
         t0 = time.perf_counter()
         run.train_supernet(resume=run.checkpoint_path.is_file())
         train_s = time.perf_counter() - t0
