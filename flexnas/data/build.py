@@ -29,9 +29,9 @@ class DataBundle:
     """Everything a run needs from the data: four batch streams and the shape of the problem."""
 
     train: Batches        # supernet-training part of the train split (shuffled, augmented)
-    val: Batches          # search-validation part of the train split (fixed order, no augmentation)
-    test: Batches         # the test split (fixed order, no augmentation)
-    train_eval: Batches   # the images of `train`, unaugmented, fixed order (BN recalibration)
+    val: Batches          # search-validation part of the train split (fixed mixed order, no augmentation)
+    test: Batches         # the test split (fixed mixed order, no augmentation)
+    train_eval: Batches   # the images of `train`, unaugmented, fixed mixed order (BN recalibration)
     num_classes: int
     channels: int
     input_size: int
@@ -39,6 +39,7 @@ class DataBundle:
     mean: tuple[float, ...] = ()   # per-channel normalisation, [0, 1] units (needed again at export)
     std: tuple[float, ...] = ()
     stream: bool = False           # True when batches are decoded by DataLoader workers
+    test_order: Optional[torch.Tensor] = None  # file index of each image of `test`, in stream order
 
 
 def cache_path(cfg: DataConfig, source: Source, cache_dir: Path, kind: str = "images") -> Path:
@@ -97,6 +98,11 @@ def _stream_stats(cfg: DataConfig, source: Source, train_set: ImageSet,
     return payload["mean"], payload["std"]
 
 
+def _mixed(indices: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """`indices` in a seeded random order (the same for the same seed and stream)."""
+    return indices[torch.randperm(len(indices), generator=generator(seed, _SPLIT_SALT, stream))]
+
+
 def build_data(cfg: DataConfig, device: Union[torch.device, str] = "cpu", cache_dir: Optional[Path] = None,
                rank: int = 0, world_size: int = 1) -> DataBundle:
     """Load, split, cache and batch the dataset that `cfg` names; nothing is ever downloaded.
@@ -127,6 +133,13 @@ def build_data(cfg: DataConfig, device: Union[torch.device, str] = "cpu", cache_
         mean, std, train_y = payload["mean"], payload["std"], payload["train_y"]
 
     fit_idx, val_idx = stratified_split(train_y, cfg.train_portion, generator(cfg.seed, _SPLIT_SALT))
+    # The eval streams (train_eval, val, test) are read front to back, and BN recalibration uses the
+    # first batches of train_eval. Folder datasets list their files class by class, so in file order
+    # those batches would hold one or two classes and the recalibrated statistics would be wrong. One
+    # seeded permutation per stream makes every prefix class-mixed and keeps the order reproducible
+    # (the test order does not depend on the run seed, like the test split itself).
+    fit_idx, val_idx = _mixed(fit_idx, cfg.seed, 1), _mixed(val_idx, cfg.seed, 2)
+    test_order = _mixed(torch.arange(len(test_set)), 0, 3)
     if len(fit_idx) < cfg.batch_size * world_size:
         raise DataError(f"the supernet-training part has {len(fit_idx)} images, fewer than one batch "
                         f"(data.batch_size={cfg.batch_size} x world_size={world_size}); lower "
@@ -147,7 +160,7 @@ def build_data(cfg: DataConfig, device: Union[torch.device, str] = "cpu", cache_
         fit_set = train_set.subset(fit_idx)
         train: Batches = StreamBatches(fit_set, cfg.batch_size, cfg.workers, **train_kw)
         train_eval: Batches = StreamBatches(fit_set, cfg.eval_batch_size, cfg.workers, **eval_kw)
-        test: Batches = StreamBatches(test_set, cfg.eval_batch_size, cfg.workers, **eval_kw)
+        test: Batches = StreamBatches(test_set.subset(test_order), cfg.eval_batch_size, cfg.workers, **eval_kw)
         if len(val_idx):
             val = StreamBatches(train_set.subset(val_idx), cfg.eval_batch_size, cfg.workers, **eval_kw)
     else:
@@ -155,7 +168,7 @@ def build_data(cfg: DataConfig, device: Union[torch.device, str] = "cpu", cache_
         fit_x, fit_y = train_x[fit_idx].to(device), train_y[fit_idx].to(device)
         train = TensorBatches(fit_x, fit_y, cfg.batch_size, **train_kw)
         train_eval = TensorBatches(fit_x, fit_y, cfg.eval_batch_size, **eval_kw)
-        test = TensorBatches(test_x, payload["test_y"], cfg.eval_batch_size, **eval_kw)
+        test = TensorBatches(test_x[test_order], payload["test_y"][test_order], cfg.eval_batch_size, **eval_kw)
         if len(val_idx):
             val = TensorBatches(train_x[val_idx], train_y[val_idx], cfg.eval_batch_size, **eval_kw)
     if not len(val_idx):
@@ -167,4 +180,4 @@ def build_data(cfg: DataConfig, device: Union[torch.device, str] = "cpu", cache_
     return DataBundle(train=train, val=val, test=test, train_eval=train_eval,
                       num_classes=len(source.class_names), channels=source.channels, input_size=size,
                       class_names=list(source.class_names), mean=tuple(mean), std=tuple(std),
-                      stream=stream)
+                      stream=stream, test_order=test_order)

@@ -22,6 +22,14 @@ def collect(batches, epoch: int = 0, start: int = 0) -> tuple[torch.Tensor, torc
     return torch.cat(xs), torch.cat(ys)
 
 
+def file_ordered_test_split(bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test stream's images and labels put back in file order (the stream reads them mixed)."""
+    x, y = collect(bundle.test)
+    assert bundle.test_order is not None
+    back = torch.argsort(bundle.test_order)
+    return x[back], y[back]
+
+
 def write_npz(path: Path, n: int, size: int = 8, channels: int = 0, classes: int = 4,
               test: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
     """Random uint8 images; channels=0 writes (N, H, W), otherwise (N, H, W, C)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from .data_helpers import collect, to_uint8, write_cifar10, write_imagefolder, write_npz
+from .data_helpers import collect, file_ordered_test_split, to_uint8, write_cifar10, write_imagefolder, write_npz
 from flexnas.data import DataConfig, build_data
 
 CIFAR10_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/cifar10"
@@ -20,7 +20,7 @@ def test_npz_round_trip_with_test_split(tmp_path: Path, channels: int) -> None:
     bundle = build_data(DataConfig(name="npz", root=str(tmp_path / "d.npz"), batch_size=8))
     c = max(channels, 1)
     assert (bundle.channels, bundle.input_size, bundle.num_classes) == (c, 8, 4)
-    x_test, y_test = collect(bundle.test)
+    x_test, y_test = file_ordered_test_split(bundle)
     expected = arrays["x_test"].reshape(10, 8, 8, c).transpose(0, 3, 1, 2)
     assert torch.equal(to_uint8(x_test, bundle), torch.from_numpy(expected))
     assert y_test.tolist() == arrays["y_test"].tolist()
@@ -56,7 +56,7 @@ def test_cifar10_pickles(tmp_path: Path, point_at_folder: bool) -> None:
     assert (bundle.channels, bundle.input_size, bundle.num_classes) == (3, 32, 10)
     assert bundle.class_names[:3] == ["airplane", "automobile", "bird"]
     assert bundle.train.num_images + bundle.val.num_images == 100
-    x_test, y_test = collect(bundle.test)
+    x_test, y_test = file_ordered_test_split(bundle)
     assert torch.equal(to_uint8(x_test, bundle), torch.from_numpy(fake["test_x"]))
     assert y_test.tolist() == fake["test_y"].tolist()
     assert bundle.train.augment.flip is True and bundle.train.augment.pad == 4
@@ -77,7 +77,7 @@ def test_cifar100_pickles(tmp_path: Path) -> None:
         pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, f)
     bundle = build_data(DataConfig(name="cifar100", root=str(tmp_path), batch_size=8, train_portion=1.0))
     assert bundle.num_classes == 100 and bundle.class_names[7] == "c7"
-    assert collect(bundle.test)[1].tolist() == list(range(20))
+    assert file_ordered_test_split(bundle)[1].tolist() == list(range(20))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
@@ -87,7 +87,7 @@ def test_imagefolder_png_tree(tmp_path: Path, mode: str) -> None:
     channels = 3 if mode == "RGB" else 1
     assert (bundle.channels, bundle.input_size, bundle.num_classes) == (channels, 8, 3)
     assert bundle.class_names == ["cat", "dog", "fox"]
-    x_test, y_test = collect(bundle.test)
+    x_test, y_test = file_ordered_test_split(bundle)
     expected = np.stack(written["test"]).reshape(9, 8, 8, channels).transpose(0, 3, 1, 2)
     assert torch.equal(to_uint8(x_test, bundle), torch.from_numpy(expected))
     assert y_test.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
@@ -129,3 +129,17 @@ def test_real_cifar10_folder(tmp_path: Path) -> None:
     x, y = collect(bundle.train_eval)
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05   # normalised by train stats
     assert 0.4 < bundle.mean[0] < 0.55                                        # CIFAR's red mean is ~0.49
+
+
+def test_eval_streams_mix_classes_from_a_class_sorted_folder(tmp_path: Path) -> None:
+    """A folder dataset lists its files class by class; BN recalibration reads the first batches of
+    train_eval, so every eval stream must start class-mixed (and stay the same from build to build)."""
+    write_imagefolder(tmp_path, train=20, test=10)
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), batch_size=4, eval_batch_size=12)
+    bundle = build_data(cfg)
+    for name in ("train_eval", "val", "test"):
+        first_labels = next(iter(getattr(bundle, name).epoch(0)))[1]
+        assert len(torch.unique(first_labels)) == 3, (name, first_labels.tolist())
+    again = build_data(cfg)
+    for name in ("train_eval", "val", "test"):
+        assert torch.equal(collect(getattr(bundle, name))[1], collect(getattr(again, name))[1])
