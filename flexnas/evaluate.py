@@ -29,6 +29,10 @@ __all__ = ["SupernetEvaluator", "evaluate_model", "recalibrate_bn"]
 BatchSource = Union[Batches, Iterable[Any]]
 
 
+# Bump when the same supernet and settings would be scored differently, so search archives written
+# before are refused rather than mixed in (2: calibration batches are class-mixed, see flexnas.data).
+SCORING_VERSION = 2
+
 def _take(batches: BatchSource, num_batches: Optional[int]) -> Iterable[Any]:
     """The first `num_batches` batches of a Batches (epoch 0) or of any iterable (all when None)."""
     stream = batches.epoch(0) if hasattr(batches, "epoch") else batches

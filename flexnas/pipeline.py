@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -220,6 +221,20 @@ class Run:
                                  self.data.val, self.device, bn_batches=ec.bn_batches,
                                  max_val_batches=ec.max_val_batches)
 
+    def scorer_id(self) -> str:
+        """What the archive's scores depend on: the supernet checkpoint's bytes, the evaluation and
+        data settings, and the evaluator's version. A search refuses an archive with another one."""
+        from flexnas.evaluate import SCORING_VERSION
+
+        digest = hashlib.sha1()
+        with open(self.checkpoint_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        data = {k: v for k, v in to_dict(self.cfg.data).items() if k not in ("workers", "stream")}
+        digest.update(json.dumps({"evaluate": to_dict(self.cfg.evaluate), "data": data,
+                                  "version": SCORING_VERSION}, sort_keys=True, default=str).encode())
+        return digest.hexdigest()[:24]
+
     def search(self, targets: Optional[list[str]] = None, **changes: Any) -> SearchResult:
         """Search the trained supernet for every target; the archive makes it resumable."""
         sc = to_dict(self.cfg.search)
@@ -230,7 +245,7 @@ class Run:
         if not search_cfg.targets:
             raise ConfigError("no search targets: pass --target 'macs<=300M' (repeatable) or set search.targets")
         evaluator = self.evaluator()
-        with Archive(self.dir / "archive.sqlite", self.space) as archive:
+        with Archive(self.dir / "archive.sqlite", self.space, scorer=self.scorer_id()) as archive:
             result = run_search(self.space, evaluator, search_cfg, archive=archive, progress=self.progress)
         chosen = {target: {"arch": rec.text, **{k: float(v) for k, v in rec.metrics.items()}}
                   for target, rec in result.best.items()}

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from flexnas.cli import main
-from flexnas.errors import CheckpointError, ConfigError
+from flexnas.errors import CheckpointError, ConfigError, DataError
 from flexnas.pipeline import Run, load_run_config
 
 TINY = {
@@ -45,6 +45,9 @@ def test_cli_run_writes_the_run_folder_and_prints_the_table(config_file, tmp_pat
     result = run.search()
     assert result.evaluations == 0 and result.archive_hits > 0
     assert main(["report", str(run_dir)]) == 0
+    # other evaluator settings would score differently: the archive's scores are not reused
+    with pytest.raises(DataError, match="another supernet checkpoint or evaluator"):
+        Run.open(run_dir, ["evaluate.bn_batches=2"], progress=False).search()
 
 
 def test_stage_commands_and_errors(config_file, tmp_path, capsys):

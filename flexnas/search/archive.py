@@ -49,8 +49,12 @@ def _space_id(space: "SearchSpace") -> str:
 class Archive:
     """Evaluated archs of one space, keyed by arch. `path=None` keeps everything in memory."""
 
-    def __init__(self, path: Optional[Union[str, Path]], space: "SearchSpace") -> None:
+    def __init__(self, path: Optional[Union[str, Path]], space: "SearchSpace",
+                 scorer: Optional[str] = None) -> None:
+        """`scorer` identifies what produced the scores (supernet weights, evaluator settings): an
+        archive written under another scorer is refused, since its accuracies would be stale."""
         self.space = space
+        self.scorer = scorer
         self.path = None if path is None else Path(path)
         self._by_arch: dict[Arch, Record] = {}
         target = ":memory:"
@@ -82,6 +86,8 @@ class Archive:
     def _check_meta(self) -> None:
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         want = {"schema": SCHEMA_VERSION, "space": _space_id(self.space)}
+        if self.scorer is not None:
+            want["scorer"] = self.scorer
         if not meta:
             with self._conn:
                 self._conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", want.items())
@@ -92,6 +98,15 @@ class Archive:
         if meta.get("space") != want["space"]:
             raise DataError(f"archive {self.path} holds archs of {meta.get('space')}, not {want['space']}; "
                             f"its scores do not apply here: use a new run folder")
+        if self.scorer is not None and meta.get("scorer") != self.scorer:
+            if meta.get("scorer") is None and not self._conn.execute("SELECT 1 FROM evaluations").fetchone():
+                with self._conn:  # an empty archive from an earlier version: adopt it
+                    self._conn.execute("INSERT INTO meta (key, value) VALUES ('scorer', ?)", (self.scorer,))
+                return
+            raise DataError(f"archive {self.path} holds scores from another supernet checkpoint or evaluator "
+                            f"setting (or from an older flexnas whose evaluator differed), so they do not "
+                            f"apply to this one; move it away (e.g. to {self.path.stem}.old.sqlite) "  # type: ignore[union-attr]
+                            f"and search again")
 
     def _row_record(self, row: tuple) -> Record:
         order, text, choices, metrics, tag, seed = row

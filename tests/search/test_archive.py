@@ -71,6 +71,30 @@ def test_rejects_archive_of_another_space_or_corrupt_file(space, tmp_path):
         Archive(tmp_path, space)
 
 
+def test_refuses_scores_of_another_scorer(space, tmp_path):
+    path = tmp_path / "archive.sqlite"
+    arch = _archs(space, 1)[0]
+    with Archive(path, space, scorer="ckpt-a") as archive:
+        archive.add(arch, {"accuracy": 0.5})
+    with Archive(path, space, scorer="ckpt-a") as again:   # same supernet and settings: resumes
+        assert again.get(arch) == {"accuracy": 0.5}
+    with pytest.raises(DataError, match="another supernet checkpoint or evaluator.*move it away"):
+        Archive(path, space, scorer="ckpt-b")
+    with Archive(path, space) as reader:                   # reading without a scorer is allowed
+        assert len(reader) == 1
+    # scores written without a scorer (an older flexnas) are refused; an empty such archive is adopted
+    old = tmp_path / "old.sqlite"
+    with Archive(old, space) as archive:
+        archive.add(arch, {"accuracy": 0.5})
+    with pytest.raises(DataError, match="older flexnas"):
+        Archive(old, space, scorer="ckpt-a")
+    empty = tmp_path / "empty.sqlite"
+    Archive(empty, space).close()
+    Archive(empty, space, scorer="ckpt-a").close()
+    with pytest.raises(DataError, match="another supernet"):
+        Archive(empty, space, scorer="ckpt-b")
+
+
 def test_non_numeric_metric_is_rejected(space):
     archive = Archive(None, space)
     with pytest.raises(DataError, match="metric 'accuracy'.*not a number"):
