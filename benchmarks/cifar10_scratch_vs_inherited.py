@@ -61,6 +61,19 @@ def seconds_per_step(run: ScratchRun, steps: int) -> float:
     return sorted(times[2:])[len(times[2:]) // 2]
 
 
+def inherited_scores(search: Run, arch, test) -> dict[str, float]:
+    """The supernet's path with inherited weights, BN recalibrated on the search run's training
+    batches, scored on `test` (normalised as the supernet was trained)."""
+    net = search.trained_supernet().extract(arch).to(search.device)
+    recalibrate_bn(net, search.data.train_eval, search.cfg.evaluate.bn_batches)
+    own_norm = test.normalize
+    test.normalize = Normalizer(search.data.mean, search.data.std)
+    try:
+        return evaluate_model(net, test, search.device)
+    finally:
+        test.normalize = own_norm
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=str(REPO / "runs" / "cifar10_search_vs_random"))
@@ -73,6 +86,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--probe-steps", type=int, default=10)
+    parser.add_argument("--inherited-only", action="store_true",
+                        help="only score the inherited-weights path (no probe, no training)")
     parser.add_argument("--name", default=None, help="scratch run folder name (default: <run>_scratch_<minutes>min)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,6 +103,12 @@ def main() -> None:
         f"data.root={args.root}", f"data.batch_size={args.batch_size}", f"train.lr={args.lr}", "data.workers=2",
         "train.checkpoint_every_steps=200"])
     probe = ScratchRun(_resolve(base), Path(base["runs_dir"]) / base["name"], progress=False)
+    if args.inherited_only:
+        inherited = inherited_scores(search, arch, probe.data.test)
+        print(json.dumps({"benchmark": "cifar10_scratch_vs_inherited", "run": str(search.dir), "target": target,
+                          "arch": search.space.encode(arch), "test_images": probe.data.test.num_images,
+                          "inherited": {k: round(inherited[k], 4) for k in ("top1", "top5", "loss")}}, indent=2))
+        return
     full_images = probe.data.train.num_images
     step_s = seconds_per_step(probe, args.probe_steps)
     budget_steps = args.minutes * 60 / step_s
@@ -99,16 +120,7 @@ def main() -> None:
     cfg = _resolve(base, overrides)
     scratch = ScratchRun.create(cfg, progress=False, resume=(Path(cfg.runs_dir) / cfg.name / "checkpoint.pt").is_file())
 
-    # Inherited weights: the supernet's path, BN recalibrated on the search run's training batches,
-    # scored on the same test images (normalised as the supernet was trained).
-    supernet = search.trained_supernet()
-    inherited_net = supernet.extract(arch).to(search.device)
-    recalibrate_bn(inherited_net, search.data.train_eval, search.cfg.evaluate.bn_batches)
-    test = scratch.data.test
-    own_norm = test.normalize
-    test.normalize = Normalizer(search.data.mean, search.data.std)
-    inherited = evaluate_model(inherited_net, test, search.device)
-    test.normalize = own_norm
+    inherited = inherited_scores(search, arch, scratch.data.test)
 
     start = time.perf_counter()
     m = scratch.train(resume=(scratch.dir / "checkpoint.pt").is_file())

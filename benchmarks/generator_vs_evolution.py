@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--gen", action="append", default=[], metavar="KEY=VALUE",
                         help="generator knob override, e.g. --gen steps=400 --gen ce_weight=0 (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the run's)")
+    parser.add_argument("--evolution-from", default=None, metavar="OUT.json",
+                        help="reuse an earlier output's evolution results and timing (same run, targets and "
+                             "budget) instead of running evolution again: to compare generator settings")
     parser.add_argument("--rescore", default=None, metavar="OUT.json",
                         help="only score an earlier output's archs on the held-out test split")
     args = parser.parse_args()
@@ -89,7 +92,18 @@ def main() -> None:
 
     sc = to_dict(run.cfg.search)
     evo_s, per_target = 0.0, []
+    earlier = reused_evolution(args.evolution_from, targets, args) if args.evolution_from else None
     for i, (t, row) in enumerate(zip(targets, rows)):
+        if earlier is not None:
+            old = earlier["per_target"][i]
+            per_target.append({
+                "target_macs": t, "generated": row["text"], "generated_macs": row["macs"],
+                "generated_rel_error": row["error_macs"], "generated_accuracy": row["accuracy"],
+                **{k: old[k] for k in ("evolution", "evolution_macs", "evolution_accuracy", "evolution_evaluations",
+                                       "evolution_heldout") if k in old},
+                "accuracy_diff_points": (row["accuracy"] - old["evolution_accuracy"]) * 100
+                if old["evolution_accuracy"] is not None else None})
+            continue
         target = (f"{t * (1 - args.evo_band):.0f}<=macs<={t * (1 + args.evo_band):.0f}" if args.evo_band is not None
                   else f"macs<={t:.0f}")
         sc.update(strategy="evolution", budget=args.evo_budget, targets=[target],
@@ -105,8 +119,10 @@ def main() -> None:
             "evolution_accuracy": best.accuracy if best else None, "evolution_evaluations": result.evaluations,
             "accuracy_diff_points": (row["accuracy"] - best.accuracy) * 100 if best else None,
         })
+    if earlier is not None:
+        evo_s = earlier["seconds"]["evolution_total"]
     diffs = [p["accuracy_diff_points"] for p in per_target if p["accuracy_diff_points"] is not None]
-    heldout = heldout_scores(run, supernet, per_target)
+    heldout = heldout_scores(run, supernet, per_target, keep_evolution=earlier is not None)
     print(json.dumps({
         "run": str(run.dir), "space": space.name, "device": str(run.device), "threads": torch.get_num_threads(),
         "macs_range": list(space.cost_range("macs")), "n_targets": len(targets),
@@ -132,9 +148,25 @@ def main() -> None:
     }, indent=1))
 
 
-def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict]) -> dict:
+def reused_evolution(path: str, targets: list[float], args: argparse.Namespace) -> dict:
+    """An earlier output whose evolution side answers these targets with this budget and constraint."""
+    with open(path) as f:
+        out = json.load(f)
+    constraint = "macs<=target" if args.evo_band is None else \
+        f"(1-{args.evo_band:g})target<=macs<=(1+{args.evo_band:g})target"
+    old_targets = [p["target_macs"] for p in out["per_target"]]
+    if (len(old_targets) != len(targets) or any(abs(a - b) > 1e-6 * b for a, b in zip(old_targets, targets))
+            or out["accuracy"]["evo_budget_per_target"] != args.evo_budget
+            or out["accuracy"]["evo_constraint"] != constraint):
+        raise SystemExit(f"{path} answers other targets, budget or constraint; run evolution again")
+    return out
+
+
+def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict],
+                   keep_evolution: bool = False) -> dict:
     """Generated and evolution archs scored on the run's test split (BN recalibrated as in search);
-    fills `generated_heldout` / `evolution_heldout` into each row and returns the summary."""
+    fills `generated_heldout` / `evolution_heldout` into each row and returns the summary
+    (`keep_evolution`: rows that already hold `evolution_heldout` keep it)."""
     from flexnas.evaluate import SupernetEvaluator
 
     ec = run.cfg.evaluate
@@ -142,6 +174,8 @@ def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict]) 
                                   bn_batches=ec.bn_batches)
     for row in per_target:
         for side in ("generated", "evolution"):
+            if keep_evolution and side == "evolution" and "evolution_heldout" in row:
+                continue  # reused from an earlier output with the same evaluator
             text = row[side]
             row[f"{side}_heldout"] = (evaluator.evaluate(run.space.decode(text))["accuracy"]
                                       if text is not None else None)
