@@ -76,6 +76,7 @@ class GeneratorConfig:
     ce_weight: float = 1.0
     ce_every: int = 5
     image_batch: int = 16
+    ce_archs: int = 1
     ce_bn: str = "running"
     seed: int = 0
 
@@ -88,7 +89,7 @@ class GeneratorConfig:
         if len(set(self.metrics)) != len(self.metrics):
             raise ConfigError(f"generator.metrics repeat: {self.metrics}")
         for name, lo in (("hidden", 4), ("frequencies", 0), ("steps", 1), ("cost_targets", 1), ("ce_every", 1),
-                         ("image_batch", 1), ("seed", 0)):
+                         ("image_batch", 1), ("ce_archs", 1), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"generator.{name} must be an integer >= {lo}, got {v!r}")
@@ -104,6 +105,9 @@ class GeneratorConfig:
         if self.ce_bn not in CE_BN:
             raise ConfigError(f"generator.ce_bn must be one of {', '.join(CE_BN)}, got {self.ce_bn!r}"
                               f"{did_you_mean(str(self.ce_bn), CE_BN)}")
+        if self.ce_archs > min(self.image_batch, self.cost_targets):
+            raise ConfigError(f"generator.ce_archs={self.ce_archs} needs at least as many images per step "
+                              f"(image_batch={self.image_batch}) and targets (cost_targets={self.cost_targets})")
         if self.cost_weight == 0 and self.ce_weight == 0:
             raise ConfigError("generator.cost_weight and generator.ce_weight are both 0: nothing to fit")
 
@@ -385,9 +389,12 @@ class Generator(nn.Module):
                     x, y = next(stream)  # type: ignore[arg-type]
                     x = prepare_input(x[: cfg.image_batch], device)
                     y = y[: cfg.image_batch].to(device)
-                    # One arch per image batch, as SGNAS trains one constraint per step: row 0 of the
-                    # drawn batch, whose target is itself uniform over the range.
-                    ce = F.cross_entropy(supernet(x, [p[0] for p in drawn]), y)  # type: ignore[misc]
+                    # The images are split among the first `ce_archs` drawn archs (their targets are
+                    # uniform over the range): one arch per step is SGNAS's one constraint per batch;
+                    # more spread the same images over more targets.
+                    parts = zip(torch.tensor_split(x, cfg.ce_archs), torch.tensor_split(y, cfg.ce_archs))
+                    ce = sum(F.cross_entropy(supernet(xa, [p[a] for p in drawn]), ya, reduction="sum")  # type: ignore[misc]
+                             for a, (xa, ya) in enumerate(parts)) / len(y)
                     loss = loss + cfg.ce_weight * ce
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -83,6 +83,34 @@ def test_fit_moves_only_the_generator_through_the_frozen_supernet(name, ce_bn):
         space.validate(arch)
 
 
+def test_ce_archs_splits_the_images_among_several_drawn_archs():
+    space = tiny("proxyless")
+    supernet = space.supernet()
+    calls = []
+
+    class Recording(torch.nn.Module):   # the supernet, noting each forward's batch size and arch
+        def __init__(self):
+            super().__init__()
+            self.inner = supernet
+
+        def forward(self, x, probs):
+            calls.append((x.shape[0], tuple(int(p.argmax()) for p in probs)))
+            return self.inner(x, probs)
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))]
+    gen = Generator(space, hidden=16, frequencies=2)
+    gen.fit(Recording(), space, batches, steps=1, ce_every=1, image_batch=6, ce_archs=3, cost_targets=8,
+            tau_start=50.0, tau_end=50.0)   # hot: the three draws differ
+    assert [n for n, _ in calls] == [2, 2, 2]
+    assert len({arch for _, arch in calls}) == 3
+    calls.clear()
+    Generator(space, hidden=16, frequencies=2).fit(Recording(), space, batches, steps=1, ce_every=1, image_batch=6)
+    assert [n for n, _ in calls] == [6]
+    with pytest.raises(ConfigError, match="ce_archs=7 needs at least as many images"):
+        GeneratorConfig(image_batch=6, ce_archs=7)
+
+
 def test_save_load_round_trip_and_load_errors(spos, fitted, tmp_path):
     path = fitted.save(tmp_path / "run" / "generator.pt", info={"note": "x"})
     loaded = Generator.load(path, tiny("spos"))
