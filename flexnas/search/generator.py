@@ -69,7 +69,7 @@ class GeneratorConfig:
     lr: float = 0.01
     tau_start: float = 5.0
     tau_end: float = 0.5
-    cost_weight: float = 20.0
+    cost_weight: float = 40.0
     over_weight: float = 2.0
     tolerance: float = 0.02
     cost_targets: int = 64
