@@ -73,7 +73,7 @@ def main() -> None:
 
         run = Run.open(args.run, progress=False)
         space = run.space
-        archive = Archive(run.dir / "archive.sqlite", space)
+        archive = Archive(run.dir / "archive.sqlite", space, scorer=run.scorer_id())  # no stale scores
         records, source = archive.records(), str(run.dir)
         evaluator = None if args.no_accuracy else run.evaluator()
     accuracy = None if args.no_accuracy else CachedAccuracy(evaluator, archive)

@@ -478,7 +478,8 @@ def generate_for_run(run_dir: Union[str, Path], accuracy_class: int, params_clas
     if not path.is_file():
         raise DataError(f"{run.dir} has no archive.sqlite: NAG learns from scored archs; search first, "
                         f"e.g. `flexnas search {run.dir} --target 'macs<=...'`")
-    with Archive(path, run.space) as archive:
+    # The scorer check: accuracies from another checkpoint or evaluator would mislabel the classes.
+    with Archive(path, run.space, scorer=run.scorer_id()) as archive:
         gen = NagGenerator(run.space, model, metric, classes).fit(archive, seed=seed)
         pair = gen.check(accuracy_class, params_class)  # before building the evaluator
         evaluator = run.evaluator() if evaluate else None
