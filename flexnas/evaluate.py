@@ -33,6 +33,7 @@ BatchSource = Union[Batches, Iterable[Any]]
 # before are refused rather than mixed in (2: calibration batches are class-mixed, see flexnas.data).
 SCORING_VERSION = 2
 
+
 def _take(batches: BatchSource, num_batches: Optional[int]) -> Iterable[Any]:
     """The first `num_batches` batches of a Batches (epoch 0) or of any iterable (all when None)."""
     stream = batches.epoch(0) if hasattr(batches, "epoch") else batches
