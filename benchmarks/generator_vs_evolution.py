@@ -101,22 +101,17 @@ def main() -> None:
     k = len(targets) if args.evo_targets is None else max(1, min(args.evo_targets, len(targets)))
     evo_indices = {int((j + 0.5) * len(targets) / k) for j in range(k)}
     for i, (t, row) in enumerate(zip(targets, rows)):
-        if earlier is not None:
-            old = earlier["per_target"][i]
-            per_target.append({
-                "target_macs": t, "generated": row["text"], "generated_macs": row["macs"],
-                "generated_rel_error": row["error_macs"], "generated_accuracy": row["accuracy"],
-                **{k: old[k] for k in ("evolution", "evolution_macs", "evolution_accuracy", "evolution_evaluations",
-                                       "evolution_heldout") if k in old},
-                "accuracy_diff_points": (row["accuracy"] - old["evolution_accuracy"]) * 100
-                if old["evolution_accuracy"] is not None else None})
-            continue
-        if i not in evo_indices:
-            per_target.append({
-                "target_macs": t, "generated": row["text"], "generated_macs": row["macs"],
-                "generated_rel_error": row["error_macs"], "generated_accuracy": row["accuracy"],
-                "evolution": None, "evolution_macs": None, "evolution_accuracy": None, "evolution_evaluations": 0,
-                "accuracy_diff_points": None})
+        generated = {"target_macs": t, "generated": row["text"], "generated_macs": row["macs"],
+                     "generated_rel_error": row["error_macs"], "generated_accuracy": row["accuracy"]}
+        if earlier is not None or i not in evo_indices:
+            old = earlier["per_target"][i] if earlier is not None else {}
+            evolution = {k: old.get(k) for k in ("evolution", "evolution_macs", "evolution_accuracy")}
+            evolution["evolution_evaluations"] = old.get("evolution_evaluations", 0)
+            if "evolution_heldout" in old:
+                evolution["evolution_heldout"] = old["evolution_heldout"]
+            per_target.append({**generated, **evolution, "accuracy_diff_points":
+                               (row["accuracy"] - old["evolution_accuracy"]) * 100
+                               if old.get("evolution_accuracy") is not None else None})
             continue
         target = (f"{t * (1 - args.evo_band):.0f}<=macs<={t * (1 + args.evo_band):.0f}" if args.evo_band is not None
                   else f"macs<={t:.0f}")
@@ -127,14 +122,14 @@ def main() -> None:
         evo_s += time.perf_counter() - t0
         best = result.best.get(sc["targets"][0])
         per_target.append({
-            "target_macs": t, "generated": row["text"], "generated_macs": row["macs"],
-            "generated_rel_error": row["error_macs"], "generated_accuracy": row["accuracy"],
+            **generated,
             "evolution": best.text if best else None, "evolution_macs": best["macs"] if best else None,
             "evolution_accuracy": best.accuracy if best else None, "evolution_evaluations": result.evaluations,
             "accuracy_diff_points": (row["accuracy"] - best.accuracy) * 100 if best else None,
         })
     if earlier is not None:
         evo_s = earlier["seconds"]["evolution_total"]
+    evolved = sum(p["evolution"] is not None for p in per_target)
     diffs = [p["accuracy_diff_points"] for p in per_target if p["accuracy_diff_points"] is not None]
     heldout = heldout_scores(run, supernet, per_target, keep_evolution=earlier is not None)
     print(json.dumps({
@@ -146,18 +141,17 @@ def main() -> None:
         "accuracy": {"generated_mean": statistics.fmean(p["generated_accuracy"] for p in per_target
                                                         if p["evolution_accuracy"] is not None),
                      "generated_mean_all_targets": statistics.fmean(r["accuracy"] for r in rows),
-                     "evolution_targets": sum(p["evolution"] is not None for p in per_target),
+                     "evolution_targets": evolved,
                      "evolution_mean": statistics.fmean(p["evolution_accuracy"] for p in per_target
                                                         if p["evolution_accuracy"] is not None),
                      "mean_diff_points": statistics.fmean(diffs) if diffs else None,
                      "min_diff_points": min(diffs) if diffs else None,
                      "share_within_1_point": sum(d >= -1.0 for d in diffs) / len(diffs) if diffs else None,
                      "evo_budget_per_target": args.evo_budget,
-                     "evo_constraint": "macs<=target" if args.evo_band is None else
-                     f"(1-{args.evo_band:g})target<=macs<=(1+{args.evo_band:g})target"},
+                     "evo_constraint": evo_constraint(args)},
         "seconds": {"generator_fit": fit_s, "generator_inference": infer_s,
                     "generator_eval_of_generated": gen_eval_s, "evolution_total": evo_s,
-                    "evolution_per_target": evo_s / max(1, sum(p["evolution"] is not None for p in per_target))},
+                    "evolution_per_target": evo_s / max(1, evolved)},
         "ratios": {"evolution_over_inference": evo_s / infer_s,
                    "evolution_over_fit_plus_inference": evo_s / (fit_s + infer_s),
                    "evolution_over_fit_inference_and_eval": evo_s / (fit_s + infer_s + gen_eval_s)},
@@ -166,12 +160,17 @@ def main() -> None:
     }, indent=1))
 
 
+def evo_constraint(args: argparse.Namespace) -> str:
+    """How evolution's target relates to the generator's target t, as recorded in the JSON."""
+    return ("macs<=target" if args.evo_band is None else
+            f"(1-{args.evo_band:g})target<=macs<=(1+{args.evo_band:g})target")
+
+
 def reused_evolution(path: str, targets: list[float], args: argparse.Namespace) -> dict:
     """An earlier output whose evolution side answers these targets with this budget and constraint."""
     with open(path) as f:
         out = json.load(f)
-    constraint = "macs<=target" if args.evo_band is None else \
-        f"(1-{args.evo_band:g})target<=macs<=(1+{args.evo_band:g})target"
+    constraint = evo_constraint(args)
     old_targets = [p["target_macs"] for p in out["per_target"]]
     if (len(old_targets) != len(targets) or any(abs(a - b) > 1e-6 * b for a, b in zip(old_targets, targets))
             or out["accuracy"]["evo_budget_per_target"] != args.evo_budget
@@ -185,11 +184,7 @@ def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict],
     """Generated and evolution archs scored on the run's test split (BN recalibrated as in search);
     fills `generated_heldout` / `evolution_heldout` into each row and returns the summary
     (`keep_evolution`: rows that already hold `evolution_heldout` keep it)."""
-    from flexnas.evaluate import SupernetEvaluator
-
-    ec = run.cfg.evaluate
-    evaluator = SupernetEvaluator(supernet, run.space, run.data.train_eval, run.data.test, run.device,
-                                  bn_batches=ec.bn_batches)
+    evaluator = run.evaluator(supernet, split="test")
     for row in per_target:
         for side in ("generated", "evolution"):
             if keep_evolution and side == "evolution" and "evolution_heldout" in row:

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from flexnas.evaluate import SupernetEvaluator
 from flexnas.pipeline import Run
 from flexnas.search.constraints import _number
 from flexnas.search.generator import _Frozen
@@ -54,9 +53,7 @@ def main() -> None:
             archs.append(arch)
             if len(archs) == args.archs:
                 break
-    search_eval = run.evaluator(supernet)
-    test_eval = SupernetEvaluator(supernet, space, run.data.train_eval, run.data.test, run.device,
-                                  bn_batches=run.cfg.evaluate.bn_batches)
+    search_eval, test_eval = run.evaluator(supernet), run.evaluator(supernet, split="test")
     batches = []
     for x, y, *_ in run.data.train.epoch(0):
         batches.append((prepare_input(x, run.device), y.to(run.device)))

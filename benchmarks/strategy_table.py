@@ -34,12 +34,7 @@ def cifar_overrides(root: str, max_train: int) -> list[str]:
 def default_targets(cfg) -> list[str]:
     """Three MACs targets at 15%, 30% and 50% of the space's range (used off digits). Built from the
     config alone, before the run exists, for CIFAR-10's 32 px and 10 classes (as the Run's space)."""
-    from flexnas import spaces
-
-    sc = cfg.space
-    space = spaces.get(sc.name, input_size=sc.input_size or 32, num_classes=10, width_mult=sc.width_mult,
-                       **sc.options)
-    lo, hi = space.cost_range("macs")
+    lo, hi = cfg.space.build(32, 10).cost_range("macs")
     return [f"macs<={(lo + f * (hi - lo)) / 1e6:.3g}M" for f in (0.15, 0.3, 0.5)]
 
 

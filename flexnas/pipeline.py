@@ -42,6 +42,13 @@ class SpaceConfig:
     input_size: Optional[int] = None
     options: dict[str, Any] = field(default_factory=dict)
 
+    def build(self, input_size: int, num_classes: int) -> SearchSpace:
+        """The space this config names, for data of `input_size` px (unless set here) and `num_classes`."""
+        from flexnas import spaces
+
+        return spaces.get(self.name, input_size=self.input_size or input_size, num_classes=num_classes,
+                          width_mult=self.width_mult, **self.options)
+
 
 @dataclass
 class CostConfig:
@@ -156,11 +163,7 @@ class Run:
 
     @cached_property
     def space(self) -> SearchSpace:
-        from flexnas import spaces
-
-        sc = self.cfg.space
-        space = spaces.get(sc.name, input_size=sc.input_size or self.data.input_size,
-                           num_classes=self.data.num_classes, width_mult=sc.width_mult, **sc.options)
+        space = self.cfg.space.build(self.data.input_size, self.data.num_classes)
         cost = self.cfg.cost
         if cost.latency_table:
             table = Path(cost.latency_table)
@@ -214,13 +217,17 @@ class Run:
             if writer is not None:
                 writer.close()
 
-    def evaluator(self, supernet: Optional[torch.nn.Module] = None) -> Any:
+    def evaluator(self, supernet: Optional[torch.nn.Module] = None, split: str = "val") -> Any:
+        """The run's BN-recalibrating path evaluator on the search-validation split (`val`, capped at
+        `evaluate.max_val_batches`) or, to check a search's picks on unseen images, the whole `test` split."""
         from flexnas.evaluate import SupernetEvaluator
 
+        if split not in ("val", "test"):
+            raise ConfigError(f"evaluator split must be 'val' or 'test', got {split!r}")
         ec = self.cfg.evaluate
         return SupernetEvaluator(supernet or self.trained_supernet(), self.space, self.data.train_eval,
-                                 self.data.val, self.device, bn_batches=ec.bn_batches,
-                                 max_val_batches=ec.max_val_batches)
+                                 getattr(self.data, split), self.device, bn_batches=ec.bn_batches,
+                                 max_val_batches=ec.max_val_batches if split == "val" else None)
 
     def scorer_id(self) -> str:
         """What the archive's scores depend on: the supernet checkpoint's bytes, the evaluation and

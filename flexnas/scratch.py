@@ -105,13 +105,6 @@ def config_from_search_run(run_dir: Union[str, Path], target: str, recipe: Optio
     return _resolve(base, overrides)
 
 
-def _build_space(sc: SpaceConfig, input_size: int, num_classes: int) -> SearchSpace:
-    from flexnas import spaces
-
-    return spaces.get(sc.name, input_size=sc.input_size or input_size, num_classes=num_classes,
-                      width_mult=sc.width_mult, **sc.options)
-
-
 def decode_arch(space: SearchSpace, text: str) -> Arch:
     """`space.decode(text)`; when the string is another space's arch, the error says which."""
     if not text:
@@ -176,7 +169,7 @@ class ScratchRun:
 
     @cached_property
     def space(self) -> SearchSpace:
-        return _build_space(self.cfg.space, self.data.input_size, self.data.num_classes)
+        return self.cfg.space.build(self.data.input_size, self.data.num_classes)
 
     @cached_property
     def arch(self) -> Arch:

@@ -46,6 +46,11 @@ def test_cli_run_writes_the_run_folder_and_prints_the_table(config_file, tmp_pat
     assert result.evaluations == 0 and result.archive_hits > 0
     assert main(["report", str(run_dir)]) == 0
     # other evaluator settings would score differently: the archive's scores are not reused
+    held_out = run.evaluator(split="test")   # a search's picks checked on images it never saw
+    assert held_out.num_val == run.data.test.num_images
+    assert 0.0 <= held_out.evaluate(result.best["macs<=800K"].arch)["accuracy"] <= 1.0
+    with pytest.raises(ConfigError, match="'val' or 'test'"):
+        run.evaluator(split="train")
     with pytest.raises(DataError, match="another supernet checkpoint or evaluator"):
         Run.open(run_dir, ["evaluate.bn_batches=2"], progress=False).search()
 
