@@ -31,3 +31,13 @@ def small_space(name: str, **kw):
 
 
 ALL_SPACES = spaces.names()
+
+
+def drawn_latency_bound(space, cost_model, quantile: float = 0.3, draws: int = 200) -> float:
+    """A `latency_ms` bound that uniform draws reach on any machine. The middle of the range is not such a
+    bound: a sum of many per-layer timings concentrates, and where depends on the table measured here."""
+    import numpy as np
+
+    rng = random.Random(4)
+    drawn = cost_model.costs([space.sample(rng) for _ in range(draws)])["latency_ms"]
+    return float(np.quantile(drawn, quantile))

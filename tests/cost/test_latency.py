@@ -12,6 +12,7 @@ from flexnas.cli import main
 from flexnas.cost.latency import LatencyTable, device_fingerprint, profile
 from flexnas.errors import ConfigError, ConstraintError, SpaceError
 from flexnas.search import Constraint, SearchConfig, check_feasible, run_search
+from tests.conftest import drawn_latency_bound
 
 TINY = dict(input_size=16, num_classes=10, width_mult=0.25)
 
@@ -112,7 +113,8 @@ def test_latency_targets_in_constraints_and_search(profiled):
     space, table = profiled
     cm = space.cost_model(latency=table)
     lo, hi = cm.range("latency_ms")
-    bound = (lo + hi) / 2
+    bound = drawn_latency_bound(space, cm)
+    assert lo < bound < hi
     c = Constraint.parse(f"latency_ms<={bound:.6f}")
     assert c.metric == "latency_ms" and c.high == pytest.approx(bound, rel=1e-6)
     check_feasible([c], cm)
