@@ -30,6 +30,9 @@ Target = Optional[Constraint]
 UNIFORM_BATCH = 1024
 UNIFORM_MAX_SAMPLES = 200 * UNIFORM_BATCH
 VARIANT_ROUNDS = 30
+# A walk into a narrow cost band (Sampler._descend): steps, and mutants scored per step.
+CLIMB_STEPS = 200
+CLIMB_WIDTH = 64
 
 
 def target_name(target: Target) -> str:
@@ -144,23 +147,50 @@ class Sampler:
                 assert target is not None
                 raise ConstraintError(
                     f"target {target} is too tight to sample: none of {UNIFORM_MAX_SAMPLES} uniformly drawn "
-                    f"archs meets it and neither does the space's extreme arch on '{target.metric}' "
+                    f"archs meets it, neither does the space's extreme arch on '{target.metric}', and "
+                    f"{CLIMB_STEPS} steps of a greedy walk from it did not reach it "
                     f"({space_span(self.space, target)}); widen the target")
             out += self.variants(target, seeds, n - len(out), 0, prob, exclude | set(out), grow=True)
         return out
 
     def seeds(self, target: Target) -> list[Arch]:
-        """The space's extreme archs on the target's metric that meet it: where a walk into a target
-        too tight for uniform sampling (e.g. the cheapest few percent of the space) can start."""
+        """Archs meeting a target too tight for uniform sampling, where a walk into it can start: the
+        space's extreme archs on the target's metric, or, for a narrow band between them (e.g. 1.05M <=
+        macs <= 1.16M), the first arch a cost-descending walk from each extreme finds inside it."""
         if target is None:
             return []
         out = []
         for largest, bound in ((False, target.high), (True, target.low)):
             if bound is not None:
                 arch = self.cost_model.extreme(target.metric, largest=largest)
-                if meets(target, self.cost_model.cost(arch)) and arch not in out:
+                if not meets(target, self.cost_model.cost(arch)):
+                    arch = self._descend(arch, target)
+                if arch is not None and arch not in out:
                     out.append(arch)
         return out
+
+    def _descend(self, start: Arch, target: Constraint) -> Optional[Arch]:
+        """Greedy walk from `start` towards `target`'s band on its metric: each step scores `CLIMB_WIDTH`
+        mutants of the current arch (about one choice changed each) and moves to the one nearest the
+        band. Returns the first arch inside it, or None if `CLIMB_STEPS` steps do not get there."""
+        low = -np.inf if target.low is None else target.low
+        high = np.inf if target.high is None else target.high
+
+        def distance(values: np.ndarray) -> np.ndarray:
+            return np.maximum(low - values, 0.0) + np.maximum(values - high, 0.0)
+
+        prob = 1.0 / max(1, len(self.space.choices))
+        current = start
+        gap = float(distance(np.array([self.cost_model.cost(start)[target.metric]]))[0])
+        for _ in range(CLIMB_STEPS):
+            cands = [self.space.mutate(current, prob, self.rng) for _ in range(CLIMB_WIDTH)]
+            gaps = distance(np.asarray(self.cost_model.costs(cands)[target.metric], dtype=float))
+            best = int(gaps.argmin())
+            if gaps[best] == 0.0:
+                return cands[best]
+            if gaps[best] < gap:
+                current, gap = cands[best], float(gaps[best])
+        return None
 
 
 class Scorer(AbstractContextManager):

@@ -97,11 +97,22 @@ def test_tight_target_walks_in_from_the_cheapest_arch(space):
         _run("random", space, CostEvaluator(space), [target], budget=30)
 
 
+@pytest.mark.parametrize("band", ["0.3M<=macs<=0.33M", "1.9M<=macs<=1.95M"])
+def test_narrow_band_far_from_uniform_draws_is_entered_by_a_walk(space, band):
+    """Both ends of a band away from the space's extremes: neither extreme arch meets it, and uniform
+    draws (5th..95th percentile ~0.8M..1.5M) never land in it; a greedy walk from an extreme does."""
+    target = Constraint.parse(band)
+    result = _run("evolution", space, CostEvaluator(space), [target], budget=20)
+    assert len(result.records) == 20
+    assert all(target.satisfied(r.metrics) for r in result.records)
+
+
 def test_target_that_cannot_be_sampled_is_named(space):
     lo, _ = space.cost_range("macs")
-    band = Constraint("macs", lo + 500, lo + 10_000)  # feasible bounds, but holds no reachable arch
+    # Within the range, but empty: the cheapest arch's cheapest one-choice change adds 1,152 MACs.
+    band = Constraint("macs", lo + 100, lo + 1_000)
     ev = CostEvaluator(space)
-    with pytest.raises(ConstraintError, match=rf"target {band} is too tight to sample.*widen the target"):
+    with pytest.raises(ConstraintError, match=rf"target {band} is too tight to sample.*greedy walk.*widen the target"):
         _run("evolution", space, ev, [Constraint.parse("macs<=1M"), band], budget=40)
 
 
