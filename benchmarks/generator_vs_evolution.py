@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -121,6 +122,9 @@ def main() -> None:
         result = run_search(space, evaluator, from_dict(SearchConfig, sc))
         evo_s += time.perf_counter() - t0
         best = result.best.get(sc["targets"][0])
+        print(f"evolution {len(per_target) + 1}/{len(targets)} {target}: {best.text if best else None} "
+              f"{best.accuracy if best else float('nan'):.4f} ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
         per_target.append({
             **generated,
             "evolution": best.text if best else None, "evolution_macs": best["macs"] if best else None,
