@@ -79,7 +79,7 @@ def main() -> None:
 
     gen = Generator.from_config(space, gcfg)
     t0 = time.perf_counter()
-    final = gen.fit(supernet, space, run.data.train, gcfg, device=run.device)
+    final = gen.fit(supernet, space, run.generator_batches(gcfg), gcfg, device=run.device)
     fit_s = time.perf_counter() - t0
 
     gen.generate(targets)  # warm-up, then the median of a few timed passes (it takes milliseconds)

@@ -191,7 +191,7 @@ def cmd_generate_fit(args: argparse.Namespace) -> int:
 
     run = Run.open(args.run, progress=not args.quiet)
     gen = run.fit_generator(steps=args.steps, metrics=args.metric or None, ce_weight=args.ce_weight,
-                            seed=args.seed)
+                            prior_pool=args.prior_pool, seed=args.seed)
     final = gen.info["final"]
     print(f"generator fitted in {gen.info['fit_seconds']:.1f}s ({len(gen.metrics)} metric(s): "
           f"{', '.join(gen.metrics)}; final cost loss {final['cost']:.5f}): {run.generator_path}")
@@ -217,7 +217,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     run = Run.open(args.run, progress=False)
     targets = _generator_targets(args)
-    rows = run.generate(targets, evaluate=args.evaluate)
+    rows = run.generate(targets, evaluate=args.evaluate,
+                        priors=[args.prior] * len(targets) if args.prior is not None else None)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "arch"} | {"target": t}
                           for t, r in zip(targets, rows)], indent=1))
@@ -471,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="append", default=[],
                    help="cost metric to condition on (repeatable; default: generator.metrics)")
     p.add_argument("--ce-weight", type=float, default=None, help="0 fits the cost term only")
+    p.add_argument("--prior-pool", type=int, default=None, metavar="P",
+                   help="condition on a prior arch from a pool of P cost levels (SGNAS); 0: none")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate_fit)
@@ -481,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", action="append", default=[],
                    help="one full target, e.g. 'macs<=1M,params<=0.3M' for a two-metric generator (repeatable)")
     p.add_argument("--evaluate", action="store_true", help="also score each arch (BN-recalibrated accuracy)")
+    p.add_argument("--prior", default=None, metavar="ARCH",
+                   help="prior arch for every target (a generator fitted with --prior-pool; default: its pool's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

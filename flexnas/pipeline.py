@@ -265,6 +265,11 @@ class Run:
     def generator_path(self) -> Path:
         return self.dir / "generator.pt"
 
+    def generator_batches(self, cfg: Any) -> Any:
+        """The image stream the generator's cross-entropy reads (`generator.ce_data`): the
+        search-validation split (unaugmented, the images searches select on) or the training split."""
+        return self.data.val if cfg.ce_data == "val" else self.data.train
+
     def fit_generator(self, **changes: Any) -> Any:
         """Fit the SGNAS-style generator through the trained (frozen) supernet and save it as
         generator.pt. Knobs come from the `generator:` config section; `changes` (steps=, metrics=,
@@ -286,7 +291,7 @@ class Run:
 
         start = time.perf_counter()
         try:
-            final = gen.fit(supernet, self.space, self.data.train, cfg, device=self.device,
+            final = gen.fit(supernet, self.space, self.generator_batches(cfg), cfg, device=self.device,
                             progress=self.progress, log=log)
         finally:
             writer.close()
@@ -294,14 +299,17 @@ class Run:
         gen.save(self.generator_path, gen.info)
         return gen
 
-    def generate(self, targets: Sequence[Any], evaluate: bool = False) -> list[dict[str, Any]]:
+    def generate(self, targets: Sequence[Any], evaluate: bool = False,
+                 priors: Optional[Sequence[Any]] = None) -> list[dict[str, Any]]:
         """One arch per target from generator.pt, in one forward pass: each row holds the arch, its
         exact costs, the asked values and relative errors, and with `evaluate` the supernet's
-        BN-recalibrated accuracy. A target outside the space's range raises ConstraintError."""
+        BN-recalibrated accuracy. A target outside the space's range raises ConstraintError.
+        `priors`: one prior arch (or arch string, or None) per target, for a generator fitted with
+        `prior_pool > 0`."""
         from flexnas.search.generator import Generator
 
         gen = Generator.load(self.generator_path, self.space, self.device)
-        rows = gen.generate_with_costs(list(targets))
+        rows = gen.generate_with_costs(list(targets), priors=priors)
         if evaluate:
             evaluator = self.evaluator()
             for row in rows:

@@ -54,12 +54,17 @@ Target = Union[float, int, str, Mapping[str, Union[float, int, str]]]
 
 
 CE_BN = ("running", "batch")  # BatchNorm statistics in the cross-entropy forward (docs/generator.md)
+# The run's image stream a pipeline fit draws its cross-entropy batches from: the search-validation
+# split, as SGNAS trains its generator on the validation loader, or the supernet's training split.
+CE_DATA = ("val", "train")
+PRIOR_BAND = 0.02  # a prior pool arch costs within +-2% of its level
+PRIOR_DRAWS = 8192  # uniform draws per level before walking in from the space's extremes
 
 
 @dataclass
 class GeneratorConfig:
-    """The `generator:` section of a run config. `metrics`, `hidden`, `frequencies` and `seed` shape the
-    network; the rest are fitting knobs (docs/generator.md explains each and how the defaults were
+    """The `generator:` section of a run config. `metrics`, `hidden`, `frequencies`, `prior_pool` and
+    `seed` shape the network; the rest are fitting knobs (docs/generator.md explains each and how the defaults were
     chosen on the quickstart)."""
 
     metrics: list[str] = field(default_factory=lambda: ["macs"])
@@ -78,6 +83,8 @@ class GeneratorConfig:
     image_batch: int = 16
     ce_archs: int = 1
     ce_bn: str = "running"
+    ce_data: str = "val"
+    prior_pool: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,7 +96,7 @@ class GeneratorConfig:
         if len(set(self.metrics)) != len(self.metrics):
             raise ConfigError(f"generator.metrics repeat: {self.metrics}")
         for name, lo in (("hidden", 4), ("frequencies", 0), ("steps", 1), ("cost_targets", 1), ("ce_every", 1),
-                         ("image_batch", 1), ("ce_archs", 1), ("seed", 0)):
+                         ("image_batch", 1), ("ce_archs", 1), ("prior_pool", 0), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"generator.{name} must be an integer >= {lo}, got {v!r}")
@@ -105,6 +112,9 @@ class GeneratorConfig:
         if self.ce_bn not in CE_BN:
             raise ConfigError(f"generator.ce_bn must be one of {', '.join(CE_BN)}, got {self.ce_bn!r}"
                               f"{did_you_mean(str(self.ce_bn), CE_BN)}")
+        if self.ce_data not in CE_DATA:
+            raise ConfigError(f"generator.ce_data must be one of {', '.join(CE_DATA)}, got {self.ce_data!r}"
+                              f"{did_you_mean(str(self.ce_data), CE_DATA)}")
         if self.ce_archs > min(self.image_batch, self.cost_targets):
             raise ConfigError(f"generator.ce_archs={self.ce_archs} needs at least as many images per step "
                               f"(image_batch={self.image_batch}) and targets (cost_targets={self.cost_targets})")
@@ -205,10 +215,16 @@ class Generator(nn.Module):
     The target enters as its position in the space's exact range on a log scale, [0, 1] per metric,
     expanded with sin/cos features so a small MLP can resolve nearby targets. The log scale gives the
     low end (where a fixed step in cost is the largest relative error) as much input resolution as the
-    top. No prior arch is taken as input (SGNAS optionally conditions on one; the target was enough)."""
+    top.
+
+    With `prior_pool=P > 0` the generator also takes a prior arch, as SGNAS does: a one-hot arch that
+    enters the MLP and is added to its logits with a learned gain, so an unfitted generator returns
+    its prior and fitting learns edits to it. Unless the caller passes priors, each target gets the
+    arch of a pool whose P archs are drawn once (seeded) with costs within +-2% of P levels spread
+    over the first metric's range: the one whose cost is nearest the target."""
 
     def __init__(self, space: "SearchSpace", metrics: Sequence[str] = ("macs",), hidden: int = 64,
-                 frequencies: int = 4, seed: int = 0) -> None:
+                 frequencies: int = 4, seed: int = 0, prior_pool: int = 0) -> None:
         super().__init__()
         cost_model = space.cost_model()
         metrics = tuple(metrics)
@@ -220,11 +236,13 @@ class Generator(nn.Module):
                                   f"the {space.name} cost model has {', '.join(cost_model.metrics)}")
         if len(set(metrics)) != len(metrics):
             raise ConfigError(f"generator metrics repeat: {metrics}")
-        if hidden < 4 or frequencies < 0:
-            raise ConfigError(f"generator needs hidden >= 4 and frequencies >= 0, got {hidden}, {frequencies}")
+        if hidden < 4 or frequencies < 0 or prior_pool < 0:
+            raise ConfigError(f"generator needs hidden >= 4, frequencies >= 0 and prior_pool >= 0, got {hidden}, "
+                              f"{frequencies}, {prior_pool}")
         self.space_name = space.name
         self.metrics = metrics
         self.hidden, self.frequencies, self.seed = int(hidden), int(frequencies), int(seed)
+        self.prior_pool = int(prior_pool)
         self.option_counts = tuple(len(p.options) for p in space.choices)
         self.ranges = {m: tuple(float(v) for v in space.cost_range(m)) for m in metrics}
         for m, (lo, hi) in self.ranges.items():
@@ -233,13 +251,21 @@ class Generator(nn.Module):
                                   f"spans {lo:g}..{hi:g}")
         self._space = space
         self.info: dict[str, Any] = {}  # metadata saved with the file (fit config, final losses)
-        n_in = len(metrics) * (1 + 2 * self.frequencies)
+        n_options = sum(self.option_counts)
+        n_in = len(metrics) * (1 + 2 * self.frequencies) + (n_options if self.prior_pool else 0)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(self.seed)
             self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-            self.out = nn.Linear(hidden, sum(self.option_counts))
+            self.out = nn.Linear(hidden, n_options)
             nn.init.normal_(self.out.weight, std=0.01)
             nn.init.zeros_(self.out.bias)
+        if self.prior_pool:
+            # Filled on first use (or by load_state_dict): drawing the pool samples the space.
+            self.register_buffer("pool_choices", torch.zeros(self.prior_pool, len(self.option_counts),
+                                                             dtype=torch.long))
+            self.register_buffer("pool_positions", torch.zeros(self.prior_pool, dtype=torch.float64))
+            self.register_buffer("pool_drawn", torch.zeros((), dtype=torch.bool))
+            self.prior_gain = nn.Parameter(torch.tensor(1.0))
         # Choice points grouped by option count, so sampling runs once per group, not once per point.
         groups: dict[int, list[int]] = {}
         for i, n in enumerate(self.option_counts):
@@ -248,7 +274,8 @@ class Generator(nn.Module):
 
     @classmethod
     def from_config(cls, space: "SearchSpace", cfg: GeneratorConfig) -> "Generator":
-        return cls(space, tuple(cfg.metrics), hidden=cfg.hidden, frequencies=cfg.frequencies, seed=cfg.seed)
+        return cls(space, tuple(cfg.metrics), hidden=cfg.hidden, frequencies=cfg.frequencies, seed=cfg.seed,
+                   prior_pool=cfg.prior_pool)
 
     # ---- targets ------------------------------------------------------------------------------
     def normalise(self, values: torch.Tensor, metric: str) -> torch.Tensor:
@@ -278,11 +305,68 @@ class Generator(nn.Module):
             feats += [torch.sin(w * z), torch.cos(w * z)]
         return torch.cat(feats, -1)
 
-    def forward(self, raw_targets: torch.Tensor) -> list[torch.Tensor]:
-        """(N, n_metrics) raw target costs -> one (N, n_options) logit tensor per choice point."""
+    def forward(self, raw_targets: torch.Tensor, priors: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        """(N, n_metrics) raw target costs -> one (N, n_options) logit tensor per choice point.
+        `priors`: (N, choice points) option indices of each target's prior arch; by default (and
+        only used when `prior_pool > 0`) the pool arch nearest each target."""
         device = self.out.weight.device
-        h = self.body(self._features(raw_targets.to(device)))
-        return list(torch.split(self.out(h), self.option_counts, dim=-1))
+        feats = self._features(raw_targets.to(device))
+        if not self.prior_pool:
+            return list(torch.split(self.out(self.body(feats)), self.option_counts, dim=-1))
+        if priors is None:
+            priors = self.pool_priors(raw_targets)
+        one_hot = torch.cat([F.one_hot(priors[:, i].to(device), n) for i, n in enumerate(self.option_counts)],
+                            -1).to(feats)
+        logits = self.out(self.body(torch.cat([feats, one_hot], -1))) + self.prior_gain * one_hot
+        return list(torch.split(logits, self.option_counts, dim=-1))
+
+    # ---- prior archs (prior_pool > 0) -----------------------------------------------------------
+    def _draw_pool(self) -> None:
+        from flexnas.search.sampling import Sampler
+
+        metric = self.metrics[0]
+        rng = random.Random(self.seed)
+        sampler = Sampler(self._space, rng)
+        cost_model = self._space.cost_model()
+        archs = []
+        for level in spread_targets(self._space, self.prior_pool, metric):
+            band = Constraint(metric, level * (1 - PRIOR_BAND), level * (1 + PRIOR_BAND))
+            try:
+                # `fresh` returns only new archs; in a band holding a single arch that is the walk's seed.
+                found = sampler.fresh(band, 1, set(), [], 0.1, max_samples=PRIOR_DRAWS) or sampler.seeds(band)
+            except ConstraintError:  # an empty band (a space with few distinct costs): the nearest arch
+                near = [self._space.sample(rng) for _ in range(256)] + [cost_model.extreme(metric, False),
+                                                                        cost_model.extreme(metric, True)]
+                found = [near[int(np.abs(cost_model.costs(near)[metric] - level).argmin())]]
+            archs.append(found[0])
+        costs = cost_model.costs(archs)[metric]
+        with torch.no_grad():
+            self.pool_choices.copy_(torch.tensor([a.choices for a in archs], dtype=torch.long))
+            self.pool_positions.copy_(self.normalise(torch.as_tensor(costs, dtype=torch.float64), metric))
+            self.pool_drawn.fill_(True)
+
+    def pool_priors(self, raw_targets: torch.Tensor) -> torch.Tensor:
+        """(N, choice points): for each target, the pool arch whose cost (first metric) is nearest."""
+        if not bool(self.pool_drawn):
+            self._draw_pool()
+        z = self.normalise(raw_targets[:, 0].to(self.pool_positions), self.metrics[0])
+        nearest = (z[:, None] - self.pool_positions[None, :]).abs().argmin(-1)
+        return self.pool_choices[nearest]
+
+    def prior_tensor(self, priors: Sequence[Union[Arch, str, None]], raw_targets: torch.Tensor,
+                     space: "SearchSpace") -> torch.Tensor:
+        """Option indices of the given prior archs (arch strings are decoded); None takes the pool's."""
+        if not self.prior_pool:
+            raise ConfigError("this generator takes no prior arch; fit one with generator.prior_pool > 0")
+        if len(priors) != len(raw_targets):
+            raise ConfigError(f"got {len(priors)} prior archs for {len(raw_targets)} targets; give one per "
+                              f"target (None: the pool's)")
+        out = self.pool_priors(raw_targets).clone()
+        for i, prior in enumerate(priors):
+            if prior is not None:
+                arch = space.decode(prior) if isinstance(prior, str) else prior
+                out[i] = torch.tensor(space.repair(list(arch.choices)).choices, dtype=torch.long)
+        return out
 
     # ---- generation ---------------------------------------------------------------------------
     def _check_space(self, space: "SearchSpace") -> None:
@@ -298,30 +382,32 @@ class Generator(nn.Module):
         return list(targets)
 
     @torch.no_grad()
-    def generate(self, targets: Union[Target, Sequence[Target]],
-                 space: Optional["SearchSpace"] = None) -> list[Arch]:
-        """One arch per target, all in one batched forward pass (argmax per choice point, repaired)."""
+    def generate(self, targets: Union[Target, Sequence[Target]], space: Optional["SearchSpace"] = None,
+                 priors: Optional[Sequence[Union[Arch, str, None]]] = None) -> list[Arch]:
+        """One arch per target, all in one batched forward pass (argmax per choice point, repaired).
+        `priors` (generators with a prior pool only): one prior arch per target, None for the pool's."""
         space = space or self._space
         self._check_space(space)
         targets = self._as_list(targets)
         if not targets:
             return []
         raw = self.target_tensor(targets)
+        prior = self.prior_tensor(priors, raw, space) if priors is not None else None
         was_training = self.training
         self.eval()
         try:
-            logits = self(raw)
+            logits = self(raw, prior)
         finally:
             self.train(was_training)
         choices = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().tolist()
         return [space.repair(row) for row in choices]
 
-    def generate_with_costs(self, targets: Union[Target, Sequence[Target]],
-                            space: Optional["SearchSpace"] = None) -> list[dict[str, Any]]:
+    def generate_with_costs(self, targets: Union[Target, Sequence[Target]], space: Optional["SearchSpace"] = None,
+                            priors: Optional[Sequence[Union[Arch, str, None]]] = None) -> list[dict[str, Any]]:
         """`generate` plus, per target, the exact costs, the asked values and the relative errors."""
         space = space or self._space
         targets = self._as_list(targets)
-        archs = self.generate(targets, space)
+        archs = self.generate(targets, space, priors)
         if not archs:
             return []
         raw = self.target_tensor(targets).numpy()
@@ -370,7 +456,7 @@ class Generator(nn.Module):
         opt = torch.optim.Adam(self.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
         frozen = _Frozen(supernet, batch_stats=cfg.ce_bn == "batch") if use_ce else None
-        stream = _cycle(batches) if use_ce else None
+        stream = _chunks(_cycle(batches), cfg.image_batch) if use_ce else None
         bar = _progress(cfg.steps, progress)
         last: dict[str, float] = {}
         try:
@@ -387,8 +473,8 @@ class Generator(nn.Module):
                 ce = None
                 if use_ce and step % cfg.ce_every == 0:
                     x, y = next(stream)  # type: ignore[arg-type]
-                    x = prepare_input(x[: cfg.image_batch], device, channels_last=True)
-                    y = y[: cfg.image_batch].to(device)
+                    x = prepare_input(x, device, channels_last=True)
+                    y = y.to(device)
                     # The images are split among the first `ce_archs` drawn archs (their targets are
                     # uniform over the range): one arch per step is SGNAS's one constraint per batch;
                     # more spread the same images over more targets.
@@ -459,6 +545,7 @@ class Generator(nn.Module):
         state = {"format": FORMAT, "version": VERSION, "space": self.space_name,
                  "option_counts": list(self.option_counts), "metrics": list(self.metrics),
                  "hidden": self.hidden, "frequencies": self.frequencies, "seed": self.seed,
+                 "prior_pool": self.prior_pool,
                  "ranges": {m: list(r) for m, r in self.ranges.items()}, "info": dict(info or {}),
                  "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
         return atomic_torch_save(state, path)
@@ -488,7 +575,8 @@ class Generator(nn.Module):
                                       f"{len(state['option_counts'])} choice points, not '{space.name}' with "
                                       f"{len(counts)}; refit it with `flexnas generate-fit`")
             gen = cls(space, metrics=tuple(state["metrics"]), hidden=int(state["hidden"]),
-                      frequencies=int(state["frequencies"]), seed=int(state.get("seed", 0)))
+                      frequencies=int(state["frequencies"]), seed=int(state.get("seed", 0)),
+                      prior_pool=int(state.get("prior_pool", 0)))
             for m, r in state["ranges"].items():
                 if not np.allclose(gen.ranges[m], r, rtol=1e-9):
                     raise CheckpointError(f"generator {path} was fitted for a {space.name} space whose {m} "
@@ -546,6 +634,23 @@ def _cycle(batches: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if empty:
             raise DataError("the generator's training batches are empty")
         epoch += 1
+
+
+def _chunks(stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
+            size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive `size`-image pieces of an endless batch stream, so that every image takes its turn:
+    taking the first `size` of each batch would use the same few images of a fixed-order stream."""
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    have = 0
+    for x, y in stream:
+        xs.append(x)
+        ys.append(y)
+        have += len(y)
+        while have >= size:
+            x_all, y_all = torch.cat(xs), torch.cat(ys)
+            yield x_all[:size], y_all[:size]
+            xs, ys, have = [x_all[size:]], [y_all[size:]], have - size
 
 
 def _progress(total: int, enabled: bool) -> Callable[[Optional[int], dict[str, float]], None]:

@@ -136,17 +136,17 @@ class Sampler:
         return out
 
     def fresh(self, target: Target, n: int, exclude: set[Arch], walk_from: Sequence[Arch],
-              prob: float) -> list[Arch]:
+              prob: float, max_samples: int = UNIFORM_MAX_SAMPLES) -> list[Arch]:
         """`n` (or fewer, if the target holds fewer) new archs meeting `target`, none in `exclude`:
-        uniform draws first; a target too tight for uniform draws is entered by a mutation walk
-        (rate `prob`) from `walk_from` (e.g. the best archs found so far) and the space's extreme arch."""
-        out = self.uniform(target, n, exclude)
+        uniform draws first (at most `max_samples`); a target too tight for them is entered by a
+        mutation walk (rate `prob`) from `walk_from` (e.g. the best archs found so far) and `seeds`."""
+        out = self.uniform(target, n, exclude, max_samples)
         if len(out) < n:
             seeds = list(walk_from) + out + self.seeds(target)
             if not seeds:
                 assert target is not None
                 raise ConstraintError(
-                    f"target {target} is too tight to sample: none of {UNIFORM_MAX_SAMPLES} uniformly drawn "
+                    f"target {target} is too tight to sample: none of {max_samples} uniformly drawn "
                     f"archs meets it, neither does the space's extreme arch on '{target.metric}', and "
                     f"{CLIMB_STEPS} steps of a greedy walk from it did not reach it "
                     f"({space_span(self.space, target)}); widen the target")
@@ -172,22 +172,29 @@ class Sampler:
     def _descend(self, start: Arch, target: Constraint) -> Optional[Arch]:
         """Greedy walk from `start` towards `target`'s band on its metric: each step scores `CLIMB_WIDTH`
         mutants of the current arch (about one choice changed each) and moves to the one nearest the
-        band. Returns the first arch inside it, or None if `CLIMB_STEPS` steps do not get there."""
+        band. Returns the first arch inside it, or None if `CLIMB_STEPS` steps do not get there.
+        Mutants stay raw option rows (their costs equal the repaired arch's) until one is returned."""
         low = -np.inf if target.low is None else target.low
         high = np.inf if target.high is None else target.high
 
         def distance(values: np.ndarray) -> np.ndarray:
             return np.maximum(low - values, 0.0) + np.maximum(values - high, 0.0)
 
-        prob = 1.0 / max(1, len(self.space.choices))
-        current = start
-        gap = float(distance(np.array([self.cost_model.cost(start)[target.metric]]))[0])
+        gen = np.random.default_rng(self.rng.getrandbits(64))
+        counts = self._counts
+        movable = counts > 1
+        prob = 1.0 / max(1, int(movable.sum()))
+        current = np.array(start.choices, dtype=np.int64)
+        gap = float(distance(np.asarray(self.cost_model.costs(current[None])[target.metric], dtype=float))[0])
         for _ in range(CLIMB_STEPS):
-            cands = [self.space.mutate(current, prob, self.rng) for _ in range(CLIMB_WIDTH)]
+            # move each choice point with probability `prob` to another of its options
+            moved = (gen.random((CLIMB_WIDTH, len(counts))) < prob) & movable
+            shift = gen.integers(1, np.maximum(counts, 2), size=(CLIMB_WIDTH, len(counts)))
+            cands = (current[None] + moved * shift) % counts
             gaps = distance(np.asarray(self.cost_model.costs(cands)[target.metric], dtype=float))
             best = int(gaps.argmin())
             if gaps[best] == 0.0:
-                return cands[best]
+                return self.space.repair(cands[best].tolist())
             if gaps[best] < gap:
                 current, gap = cands[best], float(gaps[best])
         return None

@@ -1,4 +1,5 @@
 """The SGNAS-style architecture generator: cost targeting, a frozen supernet, persistence, errors, CLI."""
+import json
 import random
 
 import numpy as np
@@ -111,6 +112,34 @@ def test_ce_archs_splits_the_images_among_several_drawn_archs():
         GeneratorConfig(image_batch=6, ce_archs=7)
 
 
+def test_cross_entropy_steps_take_every_image_of_a_fixed_stream_in_turn():
+    """An evaluation stream has big batches in a fixed order: each CE step takes the next
+    `image_batch` images, across batch boundaries, rather than the same first ones of every batch."""
+    space = tiny("proxyless")
+    supernet = space.supernet()
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = supernet
+
+        def forward(self, x, probs):
+            seen.append(x[:, 0, 0, 0].round().long().tolist())  # each image carries its index
+            return self.inner(x, probs)
+
+    def batch(first, n):
+        x = torch.arange(first, first + n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()
+        return x, torch.zeros(n, dtype=torch.long)
+
+    stream = [batch(0, 5), batch(5, 3)]
+    Generator(space, hidden=16, frequencies=2).fit(Recording(), space, stream, steps=4, ce_every=1, image_batch=4,
+                                                   cost_targets=4)
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ConfigError, match="ce_data must be one of val, train.*did you mean 'val'"):
+        GeneratorConfig(ce_data="vall")
+
+
 def test_save_load_round_trip_and_load_errors(spos, fitted, tmp_path):
     path = fitted.save(tmp_path / "run" / "generator.pt", info={"note": "x"})
     loaded = Generator.load(path, tiny("spos"))
@@ -176,6 +205,40 @@ def test_two_metric_generator_meets_jointly_feasible_targets(spos):
         assert st["mean_abs_rel_error"] <= 0.03, (m, st)
 
 
+def test_prior_pool_archs_sit_at_their_levels_and_condition_the_generator(spos, tmp_path):
+    """SGNAS's optional prior arch: a pool of archs costing within +-2% of levels spread over the
+    range; an unfitted generator returns each target's nearest pool arch, a given prior overrides it,
+    and a cost-only fit from the pool meets the issue's targeting bounds."""
+    gen = Generator(spos, prior_pool=8)
+    levels = spread_targets(spos, 8)
+    targets = spread_targets(spos, 20)
+    cost_model = spos.cost_model()
+    pool = [spos.repair(row) for row in gen.pool_priors(gen.target_tensor(levels)).tolist()]
+    for arch, level in zip(pool, levels):
+        assert abs(cost_model.cost(arch)["macs"] / level - 1) <= 0.02
+    raw = gen.target_tensor(targets)
+    nearest = [spos.repair(row) for row in gen.pool_priors(raw).tolist()]
+    assert gen.generate(targets) == nearest  # gain 1, near-zero MLP output: the prior wins
+    for t, arch in zip(targets, nearest):  # and it is the pool arch whose cost is nearest the target
+        assert abs(cost_model.cost(arch)["macs"] - t) == min(abs(cost_model.cost(a)["macs"] - t) for a in pool)
+    largest = spos.largest()
+    assert gen.generate(targets[:2], priors=[spos.encode(largest), None]) == [largest, nearest[1]]
+
+    gen.fit(None, spos, None, steps=300, ce_weight=0)
+    st = targeting_stats(gen.generate_with_costs(targets))
+    assert st["mean_abs_rel_error"] <= 0.03 and st["within_band"] >= 0.95 and st["over_band"] == 0, st
+    loaded = Generator.load(gen.save(tmp_path / "g.pt"), spos)
+    assert loaded.prior_pool == 8 and loaded.generate(targets) == gen.generate(targets)
+    assert torch.equal(loaded.pool_choices, gen.pool_choices)
+
+    with pytest.raises(ConfigError, match="2 prior archs for 1 targets"):
+        gen.generate(targets[:1], priors=[None, None])
+    with pytest.raises(ConfigError, match="takes no prior arch.*prior_pool"):
+        Generator(spos).generate(targets[:1], priors=[largest])
+    with pytest.raises(ConfigError, match="prior_pool must be an integer >= 0"):
+        GeneratorConfig(prior_pool=-1)
+
+
 TINY_RUN = {
     "name": "gen", "threads": 1, "device": "cpu",
     "space": {"name": "proxyless", "width_mult": 0.25, "options": {"weight_sharing": "entangled"}},
@@ -201,6 +264,9 @@ def test_cli_generate_fit_and_generate_on_a_tiny_run(tmp_path, capsys):
     assert (run_dir / "generator.pt").is_file()
 
     run = Run.open(run_dir, progress=False)
+    # SGNAS fits its generator on the validation images; `ce_data: train` picks the training stream
+    assert run.generator_batches(run.cfg.generator) is run.data.val
+    assert run.generator_batches(run.cfg.generator.replace(ce_data="train")) is run.data.train
     lo, hi = run.space.cost_range("macs")
     targets = [f"{(lo + f * (hi - lo)) / 1e6:.4f}M" for f in (0.3, 0.6)]
     assert main(["generate", str(run_dir), "--targets", ",".join(targets), "--evaluate"]) == 0
@@ -219,3 +285,15 @@ def test_cli_generate_fit_and_generate_on_a_tiny_run(tmp_path, capsys):
     assert "feasible range" in err and "MACs" in err and len(err.strip().splitlines()) == 1
     assert main(["generate", str(run_dir)]) == 2
     assert "no targets" in capsys.readouterr().err
+
+    # the optional prior arch: refused by a generator fitted without a pool, used by one fitted with it
+    prior = run.space.encode(run.space.largest())
+    assert main(["generate", str(run_dir), "--targets", targets[0], "--prior", prior]) == 2
+    assert "takes no prior arch" in capsys.readouterr().err
+    assert main(["generate-fit", str(run_dir), "--quiet", "--prior-pool", "4", "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--targets", targets[0], "--prior", prior, "--json"]) == 0
+    row, = json.loads(capsys.readouterr().out)
+    assert row["text"] == run.generate([targets[0]], priors=[prior])[0]["text"]
+    assert main(["generate", str(run_dir), "--targets", targets[0], "--prior", "k3e3-oops"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
