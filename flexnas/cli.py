@@ -143,13 +143,20 @@ def _print_chosen(run: Any, result: Any) -> None:
     print(f"report: {run.dir / 'report.md'}  picture: {run.dir / 'pareto.png'}")
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _open_run(args: argparse.Namespace, progress: bool) -> Any:
+    """The run folder `args.run`; a `--latency-table` is checked and remembered in the run's config, so
+    later commands (report, export, generate) see latency_ms too."""
     from flexnas.pipeline import Run
 
-    run = Run.open(args.run, _latency_overrides(args), progress=not args.quiet)
-    if args.latency_table:  # remembered in the run's config, so report and export see latency too
+    run = Run.open(args.run, _latency_overrides(args), progress=progress)
+    if args.latency_table:
         _ = run.space  # fails here, before saving, on a bad or foreign table
         run.save_config()
+    return run
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    run = _open_run(args, progress=not args.quiet)
     result = run.search(args.target, strategy=args.strategy, budget=args.budget, seed=args.seed)
     run.report(result)
     _print_chosen(run, result)
@@ -186,10 +193,9 @@ def cmd_nag(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_fit(args: argparse.Namespace) -> int:
-    from flexnas.pipeline import Run
     from flexnas.search.generator import spread_targets, targeting_stats
 
-    run = Run.open(args.run, progress=not args.quiet)
+    run = _open_run(args, progress=not args.quiet)
     gen = run.fit_generator(steps=args.steps, metrics=args.metric or None, ce_weight=args.ce_weight,
                             prior_pool=args.prior_pool, seed=args.seed)
     final = gen.info["final"]
@@ -476,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="condition on a prior arch from a pool of P cost levels (SGNAS); 0: none")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    _latency_args(p)
     p.set_defaults(func=cmd_generate_fit)
 
     p = sub.add_parser("generate", help="one arch per target from a run's fitted generator, in one forward pass")

@@ -13,7 +13,7 @@ the cross-entropy needs a full mixture forward through every candidate, so it ru
 arch every `ce_every` steps. Generation is argmax per choice point + `space.repair`, no search loop.
 
     gen = Generator(space, metrics=("macs",))
-    gen.fit(supernet, space, data.train)
+    gen.fit(supernet, space, data.val)          # CE images: the search-validation split, as SGNAS
     gen.generate(["macs<=1.2M", 0.8e6])        # -> [Arch, Arch]
     gen.save("runs/quickstart/generator.pt"); Generator.load(path, space)
 
@@ -430,6 +430,8 @@ class Generator(nn.Module):
             progress: bool = False, log: Optional[Callable[[int, dict[str, float]], None]] = None,
             **knobs: Any) -> dict[str, float]:
         """Train the generator through the frozen supernet; returns the last step's losses.
+        `batches`: the (x, y) image stream of the cross-entropy term (`Run.fit_generator` passes the
+        split `config.ce_data` names), read in consecutive `image_batch` slices.
 
         `config` (default `GeneratorConfig()`) with `knobs` overriding its fields (steps, lr, ...).
         Only the generator's parameters move: the supernet is put in eval mode with requires_grad off

@@ -297,3 +297,25 @@ def test_cli_generate_fit_and_generate_on_a_tiny_run(tmp_path, capsys):
     assert row["text"] == run.generate([targets[0]], priors=[prior])[0]["text"]
     assert main(["generate", str(run_dir), "--targets", targets[0], "--prior", "k3e3-oops"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_latency_generator_from_the_cli(tmp_path, capsys):
+    """`generate-fit --metric latency_ms --latency-table T` conditions on measured latency; the table is
+    remembered in the run's config, so `generate` takes millisecond targets afterwards."""
+    config = tmp_path / "gen.yaml"
+    config.write_text(yaml.safe_dump(dict(TINY_RUN, runs_dir=str(tmp_path / "runs"))))
+    assert main(["supernet", str(config), "--quiet"]) == 0
+    run_dir = tmp_path / "runs" / "gen"
+    table = tmp_path / "lat.json"
+    assert main(["profile", "proxyless", "--input-size", "8", "--num-classes", "10", "--width-mult", "0.25",
+                 "--threads", "1", "--warmup", "0", "--repeats", "1", "--out", str(table), "--quiet"]) == 0
+    assert main(["generate-fit", str(run_dir), "--metric", "latency_ms", "--latency-table", str(table),
+                 "--ce-weight", "0", "--steps", "200", "--quiet"]) == 0
+    assert "latency_ms targeting on 20 targets" in capsys.readouterr().out
+    run = Run.open(run_dir, progress=False)
+    lo, hi = run.space.cost_model().range("latency_ms")  # the config now names the table
+    target = f"{(lo + hi) / 2:.4f}"
+    assert main(["generate", str(run_dir), "--targets", target, "--json"]) == 0
+    row, = json.loads(capsys.readouterr().out)
+    assert row["target_latency_ms"] == pytest.approx(float(target))
+    assert abs(row["error_latency_ms"]) <= 0.1, row
