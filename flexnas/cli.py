@@ -174,7 +174,8 @@ def cmd_nag(args: argparse.Namespace) -> int:
         return 0
     row, metric = out["pairs"][0], out["metric"]
     a, c = row["acc_class"], row["cost_class"]
-    print(f"NAG ({out['model']}) fitted on {out['train_size']} archs of {out['run']}; requested accuracy class "
+    how = "fitted" if out["fitted_now"] else "reused (archive unchanged)"
+    print(f"NAG ({out['model']}) {how} on {out['train_size']} archs of {out['run']}; requested accuracy class "
           f"{a} ({row['acc_range']}), {metric} class {c} ({row['cost_range']}); {row['train_count']} archs "
           f"of that pair in the archive")
     for x in row["archs"]:

@@ -23,8 +23,11 @@ constrained search (`search.strategy=nag`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ from torch import nn
 
 from flexnas.arch import Arch
 from flexnas.errors import ConfigError, DataError, did_you_mean
+from flexnas.io import atomic_torch_save
 from flexnas.search.archive import Archive
 from flexnas.search.base import Evaluator, Record, SearchResult, best_per_target
 from flexnas.search.constraints import Constraint, check_feasible, format_value
@@ -49,6 +53,7 @@ __all__ = ["CLASSES", "DEFAULT_MODEL", "MODELS", "CachedAccuracy", "CategoricalM
            "NagGenerator", "TrainingSet", "generate_for_run", "in_class_rates", "search"]
 
 CLASSES = 3  # NAG: 3 accuracy classes x 3 params classes
+CACHE_FORMAT = "flexnas-nag-generator-v1"
 MIN_PER_CLASS = 2  # records needed per class on average before bins mean anything
 MAX_CLASSES = 10
 
@@ -153,6 +158,17 @@ class TrainingSet:
         """(choice points, max options) True where the option exists (choice points are padded)."""
         return np.arange(int(self.option_counts.max()))[None, :] < self.option_counts[:, None]
 
+    def export(self) -> dict[str, Any]:
+        return {"choices": torch.as_tensor(self.choices), "acc_class": torch.as_tensor(self.acc_class),
+                "cost_class": torch.as_tensor(self.cost_class), "option_counts": torch.as_tensor(self.option_counts),
+                "bins": [[b.metric, list(b.splits)] for b in (self.acc_bins, self.cost_bins)]}
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any]) -> "TrainingSet":
+        acc_bins, cost_bins = (ClassBins(metric, tuple(float(v) for v in splits)) for metric, splits in state["bins"])
+        return cls(state["choices"].numpy(), state["acc_class"].numpy(), state["cost_class"].numpy(), acc_bins,
+                   cost_bins, state["option_counts"].numpy())
+
 
 # ---- conditional models -------------------------------------------------------------------------
 class ConditionalModel(Protocol):
@@ -160,6 +176,12 @@ class ConditionalModel(Protocol):
 
     def sample(self, acc_class: int, cost_class: int, k: int, seed: int) -> np.ndarray:
         """`k` raw choice rows (k, choice points); `space.repair` makes them archs."""
+
+    def export(self) -> dict[str, Any]:
+        """The fitted state, as tensors and plain values (`torch.save`-able with weights_only)."""
+
+    def restore(self, state: Mapping[str, Any], data: TrainingSet) -> None:
+        """Become the model `export` described (`data`: the training set it was fitted on)."""
 
 
 class CategoricalModel:
@@ -193,6 +215,14 @@ class CategoricalModel:
         cdf = np.cumsum(self.probs[acc_class, cost_class], -1)
         u = np.random.default_rng(seed).random((k, cdf.shape[0]))
         return np.minimum((u[..., None] >= cdf[None]).sum(-1), self._last)
+
+    def export(self) -> dict[str, Any]:
+        assert self.probs is not None, "fit first"
+        return {"probs": torch.as_tensor(self.probs)}
+
+    def restore(self, state: Mapping[str, Any], data: TrainingSet) -> None:
+        self.probs = state["probs"].numpy()
+        self._last = data.option_counts - 1
 
 
 class _ClassEmbed(nn.Module):
@@ -296,6 +326,16 @@ class GanModel:
                 self.history.append((d_loss.item(), g_loss.item()))
         self.generator.eval()
 
+    def export(self) -> dict[str, Any]:
+        assert self.generator is not None, "fit first"
+        return {"generator": {k: v.detach().clone() for k, v in self.generator.state_dict().items()}}
+
+    def restore(self, state: Mapping[str, Any], data: TrainingSet) -> None:
+        self.generator = _Generator(self.latent, self.embed, self.hidden,
+                                    (data.acc_bins.classes, data.cost_bins.classes), data.mask)
+        self.generator.load_state_dict(state["generator"])
+        self.generator.eval()
+
     @torch.no_grad()
     def sample(self, acc_class: int, cost_class: int, k: int, seed: int) -> np.ndarray:
         assert self.generator is not None, "fit first"
@@ -334,6 +374,7 @@ class NagGenerator:
             raise ConfigError(f"NAG model '{model}': {exc}") from None
         self.space = space
         self.model_name = model
+        self.model_args = dict(model_args)
         self.metric = metric
         self.classes = classes
         self.data: Optional[TrainingSet] = None
@@ -344,6 +385,33 @@ class NagGenerator:
         self.data = TrainingSet.from_records(self.space, records, self.metric, self.classes)
         self.model.fit(self.data, seed)
         return self
+
+    def save(self, path: Union[str, Path], key: str) -> Path:
+        """Write the fitted generator to `path`, labelled with `key` (what it was fitted on and how), so
+        `load` can tell whether it still answers the same question."""
+        state = {"format": CACHE_FORMAT, "key": key, "space": self.space.name, "model": self.model_name,
+                 "metric": self.metric, "classes": self.classes, "data": self.fitted.export(),
+                 "state": self.model.export()}
+        return atomic_torch_save(state, path)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], space: "SearchSpace", key: str) -> Optional["NagGenerator"]:
+        """The generator `save` wrote with this `key`, or None (missing, fitted on something else, or
+        unreadable): a cache, so a bad file means a refit, not a failure."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != CACHE_FORMAT or state.get("key") != key:
+                return None
+            gen = cls(space, state["model"], state["metric"], int(state["classes"]))
+            gen.data = TrainingSet.restore(state["data"])
+            gen.model.restore(state["state"], gen.data)
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign file: refit rather than fail
+            warnings.warn(f"ignoring unreadable NAG generator {path} ({exc}); fitting again", stacklevel=2)
+            return None
+        return gen
 
     @property
     def fitted(self) -> TrainingSet:
@@ -479,13 +547,26 @@ def generate_for_run(run_dir: Union[str, Path], accuracy_class: int, params_clas
         raise DataError(f"{run.dir} has no archive.sqlite: NAG learns from scored archs; search first, "
                         f"e.g. `flexnas search {run.dir} --target 'macs<=...'`")
     # The scorer check: accuracies from another checkpoint or evaluator would mislabel the classes.
-    with Archive(path, run.space, scorer=run.scorer_id()) as archive:
-        gen = NagGenerator(run.space, model, metric, classes).fit(archive, seed=seed)
+    scorer = run.scorer_id()
+    with Archive(path, run.space, scorer=scorer) as archive:
+        # The fit is kept in the run folder and reused while the archive, scorer and settings are unchanged.
+        unfitted = NagGenerator(run.space, model, metric, classes)  # validates the names used below
+        records = archive.records()
+        key = hashlib.sha1(json.dumps([scorer, model, metric, classes, seed] +
+                                      [[r.text, r.accuracy] for r in records]).encode()).hexdigest()
+        cache = run.dir / "nag" / f"{model}-{metric}-{classes}.pt"
+        gen = NagGenerator.load(cache, run.space, key)
+        fitted_now = gen is None
+        if gen is None:
+            gen = unfitted.fit(records, seed=seed)
+            gen.save(cache, key)
         pair = gen.check(accuracy_class, params_class)  # before building the evaluator
         evaluator = run.evaluator() if evaluate else None
         out = in_class_rates(gen, k, evaluator, pairs=[pair], seed=seed, archive=archive)
     data = gen.fitted
     out["run"] = str(run.dir)
+    out["generator_file"] = str(cache)
+    out["fitted_now"] = fitted_now
     out["bins"] = {"accuracy": [data.acc_bins.describe(i) for i in range(classes)],
                    metric: [data.cost_bins.describe(i) for i in range(classes)]}
     return out

@@ -1,4 +1,5 @@
 """NAG's conditional generator: class bins, both conditional models, the `nag` searcher, the CLI."""
+import json
 import random
 
 import numpy as np
@@ -80,6 +81,22 @@ def test_generated_archs_are_valid_and_reproducible(space, trained):
         assert space.decode(space.encode(arch)) == arch
     assert gen.generate(2, 1, 50, seed=3) == archs and gen.generate(2, 1, 50, seed=4) != archs
     assert len(set(gen.generate(2, 1, 50, seed=3, distinct=True))) == 50
+
+
+@pytest.mark.parametrize("model", ["categorical", "gan"])
+def test_a_saved_fit_generates_the_same_archs_and_answers_only_its_own_key(space, trained, model, tmp_path):
+    archive, _ = trained
+    gen = NagGenerator(space, model, "params", steps=30) if model == "gan" else NagGenerator(space, model)
+    gen.fit(archive, seed=0)
+    path = gen.save(tmp_path / "nag.pt", key="k1")
+    loaded = NagGenerator.load(path, space, "k1")
+    assert loaded is not None and loaded.fitted.cost_bins == gen.fitted.cost_bins
+    assert loaded.generate(2, 0, k=8, seed=3) == gen.generate(2, 0, k=8, seed=3)
+    assert NagGenerator.load(path, space, "k2") is None  # fitted on something else
+    assert NagGenerator.load(tmp_path / "missing.pt", space, "k1") is None
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable NAG generator"):
+        assert NagGenerator.load(path, space, "k1") is None
 
 
 def test_gan_learns_the_params_class(space, trained):
@@ -204,6 +221,18 @@ def test_cli_nag_and_search_strategy_nag(tmp_path, capsys):
                  "--model", "categorical"]) == 0
     out = capsys.readouterr().out
     assert "requested accuracy class 2" in out and "random" in out and out.count("acc ") == 3
+    assert "categorical) fitted on 14 archs" in out
+    # the fit is kept in the run folder: reused while the archive is unchanged, refitted after a search
+    nag_args = ["nag", str(run_dir), "--acc-class", "2", "--params-class", "0", "-k", "3", "--model",
+                "categorical", "--json", "--no-accuracy"]
+    assert main(nag_args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert not first["fitted_now"] and (run_dir / "nag" / "categorical-params-3.pt").is_file()
+    assert main(["search", str(run_dir), "--strategy", "random", "--budget", "16", "--target", "macs<=0.9M",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(nag_args) == 0
+    assert json.loads(capsys.readouterr().out)["fitted_now"]
     assert main(["nag", str(run_dir), "--acc-class", "5", "--params-class", "0"]) == 2
     assert "classes are 0..2" in capsys.readouterr().err
 
