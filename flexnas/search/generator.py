@@ -64,8 +64,8 @@ PRIOR_DRAWS = 8192  # uniform draws per level before walking in from the space's
 @dataclass
 class GeneratorConfig:
     """The `generator:` section of a run config. `metrics`, `hidden`, `frequencies`, `prior_pool` and
-    `seed` shape the network; the rest are fitting knobs (docs/generator.md explains each and how the defaults were
-    chosen on the quickstart)."""
+    `seed` shape the network; the rest are fitting knobs (docs/generator.md explains each and how the
+    defaults were chosen on the quickstart)."""
 
     metrics: list[str] = field(default_factory=lambda: ["macs"])
     hidden: int = 64
