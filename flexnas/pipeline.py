@@ -266,8 +266,8 @@ class Run:
         return self.dir / "generator.pt"
 
     def generator_batches(self, cfg: Any) -> Any:
-        """The image stream the generator's cross-entropy reads (`generator.ce_data`): the
-        search-validation split (unaugmented, the images searches select on) or the training split."""
+        """The image stream the generator's cross-entropy reads (`generator.ce_data`): the training
+        split, or the search-validation split (unaugmented, the images searches select on)."""
         return self.data.val if cfg.ce_data == "val" else self.data.train
 
     def fit_generator(self, **changes: Any) -> Any:

@@ -136,7 +136,7 @@ def test_cross_entropy_steps_take_every_image_of_a_fixed_stream_in_turn():
     Generator(space, hidden=16, frequencies=2).fit(Recording(), space, stream, steps=4, ce_every=1, image_batch=4,
                                                    cost_targets=4)
     assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]
-    with pytest.raises(ConfigError, match="ce_data must be one of val, train.*did you mean 'val'"):
+    with pytest.raises(ConfigError, match="ce_data must be one of train, val.*did you mean 'val'"):
         GeneratorConfig(ce_data="vall")
 
 
@@ -264,9 +264,9 @@ def test_cli_generate_fit_and_generate_on_a_tiny_run(tmp_path, capsys):
     assert (run_dir / "generator.pt").is_file()
 
     run = Run.open(run_dir, progress=False)
-    # SGNAS fits its generator on the validation images; `ce_data: train` picks the training stream
-    assert run.generator_batches(run.cfg.generator) is run.data.val
-    assert run.generator_batches(run.cfg.generator.replace(ce_data="train")) is run.data.train
+    # the training stream by default; `ce_data: val` fits on the search-validation images, as SGNAS
+    assert run.generator_batches(run.cfg.generator) is run.data.train
+    assert run.generator_batches(run.cfg.generator.replace(ce_data="val")) is run.data.val
     lo, hi = run.space.cost_range("macs")
     targets = [f"{(lo + f * (hi - lo)) / 1e6:.4f}M" for f in (0.3, 0.6)]
     assert main(["generate", str(run_dir), "--targets", ",".join(targets), "--evaluate"]) == 0
