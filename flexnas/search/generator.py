@@ -365,8 +365,8 @@ class Generator(nn.Module):
         out = self.pool_priors(raw_targets).clone()
         for i, prior in enumerate(priors):
             if prior is not None:
-                arch = space.decode(prior) if isinstance(prior, str) else prior
-                out[i] = torch.tensor(space.repair(list(arch.choices)).choices, dtype=torch.long)
+                arch = space.decode(prior) if isinstance(prior, str) else space.validate(prior)
+                out[i] = torch.tensor(arch.choices, dtype=torch.long)
         return out
 
     # ---- generation ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import yaml
 
 from flexnas import spaces
 from flexnas.cli import main
-from flexnas.errors import CheckpointError, ConfigError, ConstraintError
+from flexnas.errors import ArchError, CheckpointError, ConfigError, ConstraintError
 from flexnas.pipeline import Run, load_run_config
 from flexnas.search import Generator, GeneratorConfig
 from flexnas.search.generator import parse_target, spread_targets, targeting_stats
@@ -233,6 +233,8 @@ def test_prior_pool_archs_sit_at_their_levels_and_condition_the_generator(spos, 
 
     with pytest.raises(ConfigError, match="2 prior archs for 1 targets"):
         gen.generate(targets[:1], priors=[None, None])
+    with pytest.raises(ArchError, match="belongs to space 'proxyless', not 'spos'"):
+        gen.generate(targets[:1], priors=[tiny("proxyless").largest()])
     with pytest.raises(ConfigError, match="takes no prior arch.*prior_pool"):
         Generator(spos).generate(targets[:1], priors=[largest])
     with pytest.raises(ConfigError, match="prior_pool must be an integer >= 0"):
