@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--evo-targets", type=int, default=None, metavar="K",
                         help="run evolution on only K of the N targets (evenly spaced), to afford a large "
                              "--evo-budget; accuracy is compared on those K, ratios are given for K")
+    parser.add_argument("--evo-indices", default=None, metavar="I,J",
+                        help="run evolution on these target indices (0-based, of the N) instead of --evo-targets' "
+                             "evenly spaced ones: to split a long comparison over processes")
     parser.add_argument("--evolution-from", default=None, metavar="OUT.json",
                         help="reuse an earlier output's evolution results and timing (same run, targets and "
                              "budget) instead of running evolution again: to compare generator settings")
@@ -100,7 +103,8 @@ def main() -> None:
     evo_s, per_target = 0.0, []
     earlier = reused_evolution(args.evolution_from, targets, args) if args.evolution_from else None
     k = len(targets) if args.evo_targets is None else max(1, min(args.evo_targets, len(targets)))
-    evo_indices = {int((j + 0.5) * len(targets) / k) for j in range(k)}
+    evo_indices = ({int(i) for i in args.evo_indices.split(",")} if args.evo_indices
+                   else {int((j + 0.5) * len(targets) / k) for j in range(k)})
     for i, (t, row) in enumerate(zip(targets, rows)):
         generated = {"target_macs": t, "generated": row["text"], "generated_macs": row["macs"],
                      "generated_rel_error": row["error_macs"], "generated_accuracy": row["accuracy"]}
