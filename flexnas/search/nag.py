@@ -390,7 +390,8 @@ class NagGenerator:
         """Write the fitted generator to `path`, labelled with `key` (what it was fitted on and how), so
         `load` can tell whether it still answers the same question."""
         state = {"format": CACHE_FORMAT, "key": key, "space": self.space.name, "model": self.model_name,
-                 "metric": self.metric, "classes": self.classes, "data": self.fitted.export(),
+                 "model_args": self.model_args, "metric": self.metric, "classes": self.classes,
+                 "data": self.fitted.export(),
                  "state": self.model.export()}
         return atomic_torch_save(state, path)
 
@@ -405,7 +406,7 @@ class NagGenerator:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("format") != CACHE_FORMAT or state.get("key") != key:
                 return None
-            gen = cls(space, state["model"], state["metric"], int(state["classes"]))
+            gen = cls(space, state["model"], state["metric"], int(state["classes"]), **state["model_args"])
             gen.data = TrainingSet.restore(state["data"])
             gen.model.restore(state["state"], gen.data)
         except Exception as exc:  # noqa: BLE001 - truncated or foreign file: refit rather than fail

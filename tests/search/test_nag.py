@@ -86,7 +86,8 @@ def test_generated_archs_are_valid_and_reproducible(space, trained):
 @pytest.mark.parametrize("model", ["categorical", "gan"])
 def test_a_saved_fit_generates_the_same_archs_and_answers_only_its_own_key(space, trained, model, tmp_path):
     archive, _ = trained
-    gen = NagGenerator(space, model, "params", steps=30) if model == "gan" else NagGenerator(space, model)
+    # non-default model sizes travel with the file
+    gen = NagGenerator(space, model, "params", steps=30, hidden=32) if model == "gan" else NagGenerator(space, model)
     gen.fit(archive, seed=0)
     path = gen.save(tmp_path / "nag.pt", key="k1")
     loaded = NagGenerator.load(path, space, "k1")
