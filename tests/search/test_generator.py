@@ -312,7 +312,7 @@ def test_latency_generator_from_the_cli(tmp_path, capsys):
     assert main(["profile", "proxyless", "--input-size", "8", "--num-classes", "10", "--width-mult", "0.25",
                  "--threads", "1", "--warmup", "0", "--repeats", "1", "--out", str(table), "--quiet"]) == 0
     assert main(["generate-fit", str(run_dir), "--metric", "latency_ms", "--latency-table", str(table),
-                 "--ce-weight", "0", "--steps", "200", "--quiet"]) == 0
+                 "--ce-weight", "0", "--steps", "400", "--quiet"]) == 0
     assert "latency_ms targeting on 20 targets" in capsys.readouterr().out
     run = Run.open(run_dir, progress=False)
     lo, hi = run.space.cost_model().range("latency_ms")  # the config now names the table
@@ -320,4 +320,5 @@ def test_latency_generator_from_the_cli(tmp_path, capsys):
     assert main(["generate", str(run_dir), "--targets", target, "--json"]) == 0
     row, = json.loads(capsys.readouterr().out)
     assert row["target_latency_ms"] == pytest.approx(float(target))
-    assert abs(row["error_latency_ms"]) <= 0.1, row
+    # relative, as the goal: an absolute tolerance breaks on a machine whose layers time slower
+    assert abs(row["error_latency_ms"]) <= 0.05 * float(target), row
