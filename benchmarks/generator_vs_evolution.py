@@ -55,9 +55,10 @@ def main() -> None:
     parser.add_argument("--evo-indices", default=None, metavar="I,J",
                         help="run evolution on these target indices (0-based, of the N) instead of --evo-targets' "
                              "evenly spaced ones: to split a long comparison over processes")
-    parser.add_argument("--evolution-from", default=None, metavar="OUT.json",
-                        help="reuse an earlier output's evolution results and timing (same run, targets and "
-                             "budget) instead of running evolution again: to compare generator settings")
+    parser.add_argument("--evolution-from", action="append", default=[], metavar="OUT.json",
+                        help="reuse earlier outputs' evolution results and timing (same run, targets and "
+                             "budget) instead of running evolution again: to compare generator settings. "
+                             "Repeatable: outputs of `--evo-indices` runs split over processes are merged")
     parser.add_argument("--rescore", default=None, metavar="OUT.json",
                         help="only score an earlier output's archs on the held-out test split")
     args = parser.parse_args()
@@ -174,17 +175,31 @@ def evo_constraint(args: argparse.Namespace) -> str:
             f"(1-{args.evo_band:g})target<=macs<=(1+{args.evo_band:g})target")
 
 
-def reused_evolution(path: str, targets: list[float], args: argparse.Namespace) -> dict:
-    """An earlier output whose evolution side answers these targets with this budget and constraint."""
-    with open(path) as f:
-        out = json.load(f)
+def reused_evolution(paths: list[str], targets: list[float], args: argparse.Namespace) -> dict:
+    """Earlier outputs whose evolution sides answer these targets with this budget and constraint,
+    merged: each target takes the evolution of the one output that ran it, and the evolution seconds
+    add up (outputs of `--evo-indices` runs in separate processes)."""
     constraint = evo_constraint(args)
-    old_targets = [p["target_macs"] for p in out["per_target"]]
-    if (len(old_targets) != len(targets) or any(abs(a - b) > 1e-6 * b for a, b in zip(old_targets, targets))
-            or out["accuracy"]["evo_budget_per_target"] != args.evo_budget
-            or out["accuracy"]["evo_constraint"] != constraint):
-        raise SystemExit(f"{path} answers other targets, budget or constraint; run evolution again")
-    return out
+    merged: dict = {}
+    for path in paths:
+        with open(path) as f:
+            out = json.load(f)
+        old_targets = [p["target_macs"] for p in out["per_target"]]
+        if (len(old_targets) != len(targets) or any(abs(a - b) > 1e-6 * b for a, b in zip(old_targets, targets))
+                or out["accuracy"]["evo_budget_per_target"] != args.evo_budget
+                or out["accuracy"]["evo_constraint"] != constraint):
+            raise SystemExit(f"{path} answers other targets, budget or constraint; run evolution again")
+        if not merged:
+            merged = out
+            continue
+        for i, (mine, theirs) in enumerate(zip(merged["per_target"], out["per_target"])):
+            if theirs.get("evolution") is None:
+                continue
+            if mine.get("evolution") is not None:
+                raise SystemExit(f"target {i} was evolved in two of the --evolution-from outputs ({path})")
+            merged["per_target"][i] = theirs
+        merged["seconds"]["evolution_total"] += out["seconds"]["evolution_total"]
+    return merged
 
 
 def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict],
