@@ -24,6 +24,7 @@ so a 1,000-evaluation comparison fits a CPU on a subset; its ratios are then for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -33,6 +34,8 @@ import torch
 import yaml
 
 from flexnas.config import from_dict, to_dict
+from flexnas.data import build_data
+from flexnas.evaluate import SupernetEvaluator
 from flexnas.pipeline import Run
 from flexnas.search import Generator, SearchConfig, run_search
 from flexnas.search.generator import spread_targets, targeting_stats
@@ -61,6 +64,9 @@ def main() -> None:
                              "Repeatable: outputs of `--evo-indices` runs split over processes are merged")
     parser.add_argument("--rescore", default=None, metavar="OUT.json",
                         help="only score an earlier output's archs on the held-out test split")
+    parser.add_argument("--heldout-images", type=int, default=None, metavar="N",
+                        help="score held-out accuracy on N test images (class-balanced) instead of the run's "
+                             "data.max_test: one arch's accuracy on 1,000 images is +-1.6 points of noise")
     args = parser.parse_args()
 
     run = Run.open(args.run, progress=False)
@@ -69,7 +75,7 @@ def main() -> None:
     if args.rescore:
         with open(args.rescore) as f:
             out = json.load(f)
-        out["heldout"] = heldout_scores(run, run.trained_supernet(), out["per_target"])
+        out["heldout"] = heldout_scores(run, run.trained_supernet(), out["per_target"], args.heldout_images)
         print(json.dumps(out, indent=1))
         return
     changes = {}
@@ -140,7 +146,8 @@ def main() -> None:
         evo_s = earlier["seconds"]["evolution_total"]
     evolved = sum(p["evolution"] is not None for p in per_target)
     diffs = [p["accuracy_diff_points"] for p in per_target if p["accuracy_diff_points"] is not None]
-    heldout = heldout_scores(run, supernet, per_target, keep_evolution=earlier is not None)
+    heldout = heldout_scores(run, supernet, per_target, args.heldout_images,
+                             keep_evolution=earlier is not None and args.heldout_images is None)
     print(json.dumps({
         "run": str(run.dir), "space": space.name, "device": str(run.device), "threads": torch.get_num_threads(),
         "macs_range": list(space.cost_range("macs")), "n_targets": len(targets),
@@ -202,12 +209,17 @@ def reused_evolution(paths: list[str], targets: list[float], args: argparse.Name
     return merged
 
 
-def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict],
+def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict], images: int | None = None,
                    keep_evolution: bool = False) -> dict:
-    """Generated and evolution archs scored on the run's test split (BN recalibrated as in search);
-    fills `generated_heldout` / `evolution_heldout` into each row and returns the summary
-    (`keep_evolution`: rows that already hold `evolution_heldout` keep it)."""
-    evaluator = run.evaluator(supernet, split="test")
+    """Generated and evolution archs scored on the run's test split (BN recalibrated as in search), or
+    on `images` class-balanced test images; fills `generated_heldout` / `evolution_heldout` into each
+    row and returns the summary (`keep_evolution`: rows that already hold `evolution_heldout` keep it)."""
+    if images is None:
+        evaluator = run.evaluator(supernet, split="test")
+    else:
+        data = build_data(dataclasses.replace(run.cfg.data, max_test=images), run.device, cache_dir=run.dir / "cache")
+        evaluator = SupernetEvaluator(supernet, run.space, data.train_eval, data.test, run.device,
+                                      bn_batches=run.cfg.evaluate.bn_batches)
     for row in per_target:
         for side in ("generated", "evolution"):
             if keep_evolution and side == "evolution" and "evolution_heldout" in row:
