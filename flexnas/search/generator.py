@@ -80,10 +80,12 @@ class GeneratorConfig:
     tolerance: float = 0.02
     cost_targets: int = 64
     ce_weight: float = 1.0
-    ce_every: int = 5
-    image_batch: int = 16
+    # Defaults measured on reduced CIFAR-10 (docs/generator.md): each batch's own BN statistics on 64
+    # images every step rank archs as recalibrated scoring does; the running statistics do not.
+    ce_every: int = 1
+    image_batch: int = 64
     ce_archs: int = 1
-    ce_bn: str = "running"
+    ce_bn: str = "batch"
     ce_data: str = "train"
     prior_pool: int = 0
     seed: int = 0
@@ -119,6 +121,10 @@ class GeneratorConfig:
         if self.ce_archs > min(self.image_batch, self.cost_targets):
             raise ConfigError(f"generator.ce_archs={self.ce_archs} needs at least as many images per step "
                               f"(image_batch={self.image_batch}) and targets (cost_targets={self.cost_targets})")
+        if self.ce_bn == "batch" and self.image_batch // self.ce_archs < 2:
+            raise ConfigError(f"generator.ce_bn=batch normalises with each arch's own batch statistics, which "
+                              f"need at least 2 images per arch; image_batch={self.image_batch} over "
+                              f"ce_archs={self.ce_archs} gives {self.image_batch // self.ce_archs}")
         if self.cost_weight == 0 and self.ce_weight == 0:
             raise ConfigError("generator.cost_weight and generator.ce_weight are both 0: nothing to fit")
 

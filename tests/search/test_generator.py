@@ -110,6 +110,10 @@ def test_ce_archs_splits_the_images_among_several_drawn_archs():
     assert [n for n, _ in calls] == [6]
     with pytest.raises(ConfigError, match="ce_archs=7 needs at least as many images"):
         GeneratorConfig(image_batch=6, ce_archs=7)
+    # batch statistics of a single image are undefined: refused up front, not mid-fit
+    with pytest.raises(ConfigError, match="at least 2 images per arch"):
+        GeneratorConfig(image_batch=6, ce_archs=4, ce_bn="batch")
+    GeneratorConfig(image_batch=6, ce_archs=4, ce_bn="running")
 
 
 def test_cross_entropy_steps_take_every_image_of_a_fixed_stream_in_turn():
