@@ -24,7 +24,6 @@ so a 1,000-evaluation comparison fits a CPU on a subset; its ratios are then for
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -34,8 +33,6 @@ import torch
 import yaml
 
 from flexnas.config import from_dict, to_dict
-from flexnas.data import build_data
-from flexnas.evaluate import SupernetEvaluator
 from flexnas.pipeline import Run
 from flexnas.search import Generator, SearchConfig, run_search
 from flexnas.search.generator import spread_targets, targeting_stats
@@ -214,12 +211,7 @@ def heldout_scores(run: Run, supernet: torch.nn.Module, per_target: list[dict], 
     """Generated and evolution archs scored on the run's test split (BN recalibrated as in search), or
     on `images` class-balanced test images; fills `generated_heldout` / `evolution_heldout` into each
     row and returns the summary (`keep_evolution`: rows that already hold `evolution_heldout` keep it)."""
-    if images is None:
-        evaluator = run.evaluator(supernet, split="test")
-    else:
-        data = build_data(dataclasses.replace(run.cfg.data, max_test=images), run.device, cache_dir=run.dir / "cache")
-        evaluator = SupernetEvaluator(supernet, run.space, data.train_eval, data.test, run.device,
-                                      bn_batches=run.cfg.evaluate.bn_batches)
+    evaluator = run.evaluator(supernet, split="test", test_images=images)
     for row in per_target:
         for side in ("generated", "evolution"):
             if keep_evolution and side == "evolution" and "evolution_heldout" in row:

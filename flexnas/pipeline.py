@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -217,16 +218,25 @@ class Run:
             if writer is not None:
                 writer.close()
 
-    def evaluator(self, supernet: Optional[torch.nn.Module] = None, split: str = "val") -> Any:
+    def evaluator(self, supernet: Optional[torch.nn.Module] = None, split: str = "val",
+                  test_images: Optional[int] = None) -> Any:
         """The run's BN-recalibrating path evaluator on the search-validation split (`val`, capped at
-        `evaluate.max_val_batches`) or, to check a search's picks on unseen images, the whole `test` split."""
+        `evaluate.max_val_batches`) or, to check a search's picks on unseen images, the whole `test`
+        split; `test_images=N` scores on N class-balanced test images instead of `data.max_test`
+        (the run's own test split can be too small to separate archs a point apart)."""
         from flexnas.evaluate import SupernetEvaluator
 
         if split not in ("val", "test"):
             raise ConfigError(f"evaluator split must be 'val' or 'test', got {split!r}")
+        if test_images is not None and split != "test":
+            raise ConfigError("test_images sets the size of the test split; pass split='test' with it")
+        data = self.data
+        if test_images is not None:
+            data = build_data(dataclasses.replace(self.cfg.data, max_test=test_images), self.device,
+                              cache_dir=self.dir / "cache")
         ec = self.cfg.evaluate
-        return SupernetEvaluator(supernet or self.trained_supernet(), self.space, self.data.train_eval,
-                                 getattr(self.data, split), self.device, bn_batches=ec.bn_batches,
+        return SupernetEvaluator(supernet or self.trained_supernet(), self.space, data.train_eval,
+                                 getattr(data, split), self.device, bn_batches=ec.bn_batches,
                                  max_val_batches=ec.max_val_batches if split == "val" else None)
 
     def scorer_id(self) -> str:

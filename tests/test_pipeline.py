@@ -51,6 +51,10 @@ def test_cli_run_writes_the_run_folder_and_prints_the_table(config_file, tmp_pat
     assert 0.0 <= held_out.evaluate(result.best["macs<=800K"].arch)["accuracy"] <= 1.0
     with pytest.raises(ConfigError, match="'val' or 'test'"):
         run.evaluator(split="train")
+    # a test split of another size (benchmarks score held-out accuracy on more images than max_test)
+    assert run.evaluator(split="test", test_images=50).num_val == 50
+    with pytest.raises(ConfigError, match="pass split='test'"):
+        run.evaluator(test_images=50)
     with pytest.raises(DataError, match="another supernet checkpoint or evaluator"):
         Run.open(run_dir, ["evaluate.bn_batches=2"], progress=False).search()
 
