@@ -1,9 +1,9 @@
 """The SGNAS-style generator vs evolution on a trained run folder, for N MACs targets. Prints JSON.
 
 1. Fit the generator through the run's frozen supernet (the run's `generator:` config, `--gen k=v`
-   overrides); the run folder is not modified (nothing is saved into it).
+   overrides); the run folder is not modified (`--save-generator PATH` keeps the fit elsewhere).
 2. N targets spread over the space's exact MACs range (midpoints of N equal bins): generate all N
-   archs in one forward pass; cost-targeting stats (mean |cost - target| / target, share within
+   archs in one forward pass (decoded as `generator.decode` says: argmax, or budget); cost-targeting stats (mean |cost - target| / target, share within
    +-5%, count above +5%) and each arch's BN-recalibrated accuracy (the run's SupernetEvaluator).
 3. Evolution run once per target (`macs<=target`, `--evo-budget` evaluations each, the run's
    `search:` settings otherwise, no shared archive), same evaluator.
@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--heldout-images", type=int, default=None, metavar="N",
                         help="score held-out accuracy on N test images (class-balanced) instead of the run's "
                              "data.max_test: one arch's accuracy on 1,000 images is +-1.6 points of noise")
+    parser.add_argument("--save-generator", default=None, metavar="PATH",
+                        help="also save the fitted generator to PATH (the run folder is never written)")
     args = parser.parse_args()
 
     run = Run.open(args.run, progress=False)
@@ -88,15 +90,18 @@ def main() -> None:
     t0 = time.perf_counter()
     final = gen.fit(supernet, space, run.generator_batches(gcfg), gcfg, device=run.device)
     fit_s = time.perf_counter() - t0
+    if args.save_generator:
+        gen.save(args.save_generator, info={"config": to_dict(gcfg), "final_losses": final})
 
-    gen.generate(targets)  # warm-up, then the median of a few timed passes (it takes milliseconds)
+    decoding = {"decode": gcfg.decode, "band": gcfg.decode_band}
+    gen.generate(targets, **decoding)  # warm-up, then the median of a few timed passes (milliseconds)
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        archs = gen.generate(targets)
+        archs = gen.generate(targets, **decoding)
         times.append(time.perf_counter() - t0)
     infer_s = statistics.median(times)
-    rows = gen.generate_with_costs(targets)
+    rows = gen.generate_with_costs(targets, **decoding)
     assert [r["arch"] for r in rows] == archs
     t0 = time.perf_counter()
     for row in rows:

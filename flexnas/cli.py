@@ -203,7 +203,9 @@ def cmd_generate_fit(args: argparse.Namespace) -> int:
     print(f"generator fitted in {gen.info['fit_seconds']:.1f}s ({len(gen.metrics)} metric(s): "
           f"{', '.join(gen.metrics)}; final cost loss {final['cost']:.5f}): {run.generator_path}")
     for m in gen.metrics if len(gen.metrics) == 1 else ():
-        st = targeting_stats(gen.generate_with_costs(spread_targets(run.space, 20, m)), m)
+        cfg = run.cfg.generator
+        st = targeting_stats(gen.generate_with_costs(spread_targets(run.space, 20, m), decode=cfg.decode,
+                                                     band=cfg.decode_band), m)
         print(f"{m} targeting on 20 targets spread over the range: mean |error| {st['mean_abs_rel_error'] * 100:.2f}%, "
               f"{st['within_band'] * 100:.0f}% within +-5%, {st['over_band']} above +5%")
     return 0
@@ -225,7 +227,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run = Run.open(args.run, progress=False)
     targets = _generator_targets(args)
     rows = run.generate(targets, evaluate=args.evaluate,
-                        priors=[args.prior] * len(targets) if args.prior is not None else None)
+                        priors=[args.prior] * len(targets) if args.prior is not None else None,
+                        decode=args.decode)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "arch"} | {"target": t}
                           for t, r in zip(targets, rows)], indent=1))
@@ -494,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="also score each arch (BN-recalibrated accuracy)")
     p.add_argument("--prior", default=None, metavar="ARCH",
                    help="prior arch for every target (a generator fitted with --prior-pool; default: its pool's)")
+    p.add_argument("--decode", default=None, metavar="{argmax,budget}",
+                   help="argmax per choice point, or budget: the most likely arch costing within "
+                        "[target * (1 - generator.decode_band), target] (default: generator.decode)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

@@ -310,16 +310,17 @@ class Run:
         return gen
 
     def generate(self, targets: Sequence[Any], evaluate: bool = False,
-                 priors: Optional[Sequence[Any]] = None) -> list[dict[str, Any]]:
+                 priors: Optional[Sequence[Any]] = None, decode: Optional[str] = None) -> list[dict[str, Any]]:
         """One arch per target from generator.pt, in one forward pass: each row holds the arch, its
         exact costs, the asked values and relative errors, and with `evaluate` the supernet's
         BN-recalibrated accuracy. A target outside the space's range raises ConstraintError.
         `priors`: one prior arch (or arch string, or None) per target, for a generator fitted with
-        `prior_pool > 0`."""
+        `prior_pool > 0`. `decode`: 'argmax' or 'budget' (default: the config's `generator.decode`)."""
         from flexnas.search.generator import Generator
 
+        cfg = self.cfg.generator.replace(decode=decode)
         gen = Generator.load(self.generator_path, self.space, self.device)
-        rows = gen.generate_with_costs(list(targets), priors=priors)
+        rows = gen.generate_with_costs(list(targets), priors=priors, decode=cfg.decode, band=cfg.decode_band)
         if evaluate:
             evaluator = self.evaluator()
             for row in rows:

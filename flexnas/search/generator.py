@@ -3,22 +3,26 @@ in one forward pass.
 
 After the supernet is trained, a small MLP learns to map target cost(s) to per-choice-point logits.
 It is trained through the *frozen* supernet: each step samples targets uniformly over the space's
-exact feasible range, draws archs from the logits with a straight-through Gumbel-softmax (hard
-one-hot forward, soft gradient, annealed temperature), and minimises
+exact feasible range and minimises
 
-    ce_weight * CE(supernet(x, drawn arch), y) + cost_weight * asymmetric penalty(CostModel.expected)
+    cost_weight * asymmetric penalty(CostModel.expected(drawn archs), targets) + ce_weight * CE term
 
-The cost penalty is computed for many targets per step (the cost model is vectorised and cheap);
-the cross-entropy needs a full mixture forward through every candidate, so it runs on one drawn
-arch every `ce_every` steps. Generation is argmax per choice point + `space.repair`, no search loop.
+The cost term draws archs with a straight-through Gumbel-softmax (hard one-hot forward, soft
+gradient, annealed temperature) for many targets per step (the cost model is vectorised and cheap).
+The cross-entropy term (`ce_estimator`) is either SGNAS's: the supernet's mixture forward on one
+drawn arch, backpropagated through the same straight-through relaxation (`gumbel`); or a policy
+gradient (`reinforce`, the default): a few single-path archs drawn for one target, scored on the
+same images, each rewarded by how much lower its loss is than its cost predicts.
+Generation takes the most likely arch within [target * (1 - decode_band), target] (`decode: budget`,
+flexnas/search/budget.py) or the argmax per choice point (`decode: argmax`), then `space.repair`.
 
     gen = Generator(space, metrics=("macs",))
     gen.fit(supernet, space, data.train)        # CE images (`ce_data`: train, or val as SGNAS)
     gen.generate(["macs<=1.2M", 0.8e6])        # -> [Arch, Arch]
     gen.save("runs/quickstart/generator.pt"); Generator.load(path, space)
 
-The supernet stays in eval mode (its BatchNorms use the running statistics blended over all paths;
-nothing in it changes); generated archs are scored with BN recalibration (`SupernetEvaluator`).
+The supernet's weights and BN buffers never change; generated archs are scored with BN
+recalibration (`SupernetEvaluator`).
 """
 from __future__ import annotations
 
@@ -58,8 +62,22 @@ CE_BN = ("running", "batch")  # BatchNorm statistics in the cross-entropy forwar
 # split, or the search-validation split (as SGNAS, which trains its generator on the validation loader;
 # measured worse on held-out images here, docs/generator.md).
 CE_DATA = ("train", "val")
+# How the cross-entropy reaches the generator: through a straight-through Gumbel-softmax mixture forward
+# (SGNAS), or as a policy-gradient reward of single-path archs drawn from it (docs/generator.md).
+CE_ESTIMATORS = ("gumbel", "reinforce")
+# How `generate` turns logits into an arch: per-point argmax, or the most likely arch inside the
+# budget window [target * (1 - decode_band), target] (flexnas/search/budget.py).
+DECODES = ("argmax", "budget")
+DEFAULT_DECODE = "budget"
+DECODE_BAND = 0.04
 PRIOR_BAND = 0.02  # a prior pool arch costs within +-2% of its level
 PRIOR_DRAWS = 8192  # uniform draws per level before walking in from the space's extremes
+
+
+def _check_decode(decode: str) -> None:
+    if decode not in DECODES:
+        raise ConfigError(f"generator decode must be one of {', '.join(DECODES)}, got {decode!r}"
+                          f"{did_you_mean(str(decode), DECODES)}")
 
 
 @dataclass
@@ -75,7 +93,7 @@ class GeneratorConfig:
     lr: float = 0.01
     tau_start: float = 5.0
     tau_end: float = 0.5
-    cost_weight: float = 40.0
+    cost_weight: float = 80.0
     over_weight: float = 2.0
     tolerance: float = 0.02
     cost_targets: int = 64
@@ -87,8 +105,13 @@ class GeneratorConfig:
     ce_archs: int = 1
     ce_bn: str = "batch"
     ce_data: str = "train"
+    ce_estimator: str = "reinforce"
+    policy_archs: int = 8  # reinforce: archs drawn per step for one target, all on the same images
     prior_pool: int = 0
     seed: int = 0
+    # Generation, not fitting: how logits become an arch (DECODES) and the budget window's width.
+    decode: str = DEFAULT_DECODE
+    decode_band: float = DECODE_BAND
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,7 +122,8 @@ class GeneratorConfig:
         if len(set(self.metrics)) != len(self.metrics):
             raise ConfigError(f"generator.metrics repeat: {self.metrics}")
         for name, lo in (("hidden", 4), ("frequencies", 0), ("steps", 1), ("cost_targets", 1), ("ce_every", 1),
-                         ("image_batch", 1), ("ce_archs", 1), ("prior_pool", 0), ("seed", 0)):
+                         ("image_batch", 1), ("ce_archs", 1), ("policy_archs", 1), ("prior_pool", 0),
+                         ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"generator.{name} must be an integer >= {lo}, got {v!r}")
@@ -115,6 +139,16 @@ class GeneratorConfig:
         if self.ce_bn not in CE_BN:
             raise ConfigError(f"generator.ce_bn must be one of {', '.join(CE_BN)}, got {self.ce_bn!r}"
                               f"{did_you_mean(str(self.ce_bn), CE_BN)}")
+        if self.ce_estimator not in CE_ESTIMATORS:
+            raise ConfigError(f"generator.ce_estimator must be one of {', '.join(CE_ESTIMATORS)}, got "
+                              f"{self.ce_estimator!r}{did_you_mean(str(self.ce_estimator), CE_ESTIMATORS)}")
+        if self.ce_estimator == "reinforce" and self.policy_archs < len(self.metrics) + 2:
+            raise ConfigError(f"generator.ce_estimator=reinforce scores each drawn arch against a regression of "
+                              f"the cross-entropy on its {len(self.metrics)} cost metric(s) over the step's archs, "
+                              f"which needs policy_archs >= {len(self.metrics) + 2}, got {self.policy_archs}")
+        _check_decode(self.decode)
+        if not 0 < self.decode_band < 1:
+            raise ConfigError(f"generator.decode_band must be in (0, 1), got {self.decode_band!r}")
         if self.ce_data not in CE_DATA:
             raise ConfigError(f"generator.ce_data must be one of {', '.join(CE_DATA)}, got {self.ce_data!r}"
                               f"{did_you_mean(str(self.ce_data), CE_DATA)}")
@@ -390,11 +424,15 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def generate(self, targets: Union[Target, Sequence[Target]], space: Optional["SearchSpace"] = None,
-                 priors: Optional[Sequence[Union[Arch, str, None]]] = None) -> list[Arch]:
-        """One arch per target, all in one batched forward pass (argmax per choice point, repaired).
+                 priors: Optional[Sequence[Union[Arch, str, None]]] = None, decode: str = DEFAULT_DECODE,
+                 band: float = DECODE_BAND) -> list[Arch]:
+        """One arch per target, all in one batched forward pass, repaired.
+        `decode`: 'argmax' per choice point, or 'budget': the most likely arch whose cost lies in
+        [target * (1 - band), target] for every metric (flexnas/search/budget.py; costs only, no supernet).
         `priors` (generators with a prior pool only): one prior arch per target, None for the pool's."""
         space = space or self._space
         self._check_space(space)
+        _check_decode(decode)
         targets = self._as_list(targets)
         if not targets:
             return []
@@ -406,15 +444,34 @@ class Generator(nn.Module):
             logits = self(raw, prior)
         finally:
             self.train(was_training)
-        choices = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().tolist()
+        if decode == "argmax":
+            choices = torch.stack([lg.argmax(-1) for lg in logits], -1).cpu().tolist()
+        else:
+            choices = self._budget_choices(logits, raw, space, band)
         return [space.repair(row) for row in choices]
 
+    def _budget_choices(self, logits: list[torch.Tensor], raw: torch.Tensor, space: "SearchSpace",
+                        band: float) -> list[list[int]]:
+        """Per target, the most likely arch whose every metric lies in [target * (1 - band), target]."""
+        from flexnas.search.budget import BudgetDecoder
+
+        if not 0 < band < 1:
+            raise ConfigError(f"the budget window's band must be in (0, 1), got {band}")
+        decoder = BudgetDecoder(space.cost_model(), self.option_counts)
+        logp = [F.log_softmax(lg.double(), -1).cpu().numpy() for lg in logits]
+        out = []
+        for i in range(len(raw)):
+            windows = {m: (float(raw[i, j]) * (1 - band), float(raw[i, j])) for j, m in enumerate(self.metrics)}
+            out.append(decoder.decode([lp[i] for lp in logp], windows))
+        return out
+
     def generate_with_costs(self, targets: Union[Target, Sequence[Target]], space: Optional["SearchSpace"] = None,
-                            priors: Optional[Sequence[Union[Arch, str, None]]] = None) -> list[dict[str, Any]]:
+                            priors: Optional[Sequence[Union[Arch, str, None]]] = None,
+                            decode: str = DEFAULT_DECODE, band: float = DECODE_BAND) -> list[dict[str, Any]]:
         """`generate` plus, per target, the exact costs, the asked values and the relative errors."""
         space = space or self._space
         targets = self._as_list(targets)
-        archs = self.generate(targets, space, priors)
+        archs = self.generate(targets, space, priors, decode, band)
         if not archs:
             return []
         raw = self.target_tensor(targets).numpy()
@@ -467,6 +524,7 @@ class Generator(nn.Module):
         frozen = _Frozen(supernet, batch_stats=cfg.ce_bn == "batch") if use_ce else None
         stream = _chunks(_cycle(batches), cfg.image_batch) if use_ce else None
         bar = _progress(cfg.steps, progress)
+        residual_scale = _RunningScale()
         last: dict[str, float] = {}
         try:
             for step in range(cfg.steps):
@@ -484,6 +542,10 @@ class Generator(nn.Module):
                     x, y = next(stream)  # type: ignore[arg-type]
                     x = prepare_input(x, device, channels_last=True)
                     y = y.to(device)
+                if use_ce and step % cfg.ce_every == 0 and cfg.ce_estimator == "reinforce":
+                    policy, ce = self._policy_loss(supernet, space, cost_model, x, y, cfg, gen, residual_scale)
+                    loss = loss + cfg.ce_weight * policy
+                elif use_ce and step % cfg.ce_every == 0:
                     # The images are split among the first `ce_archs` drawn archs (their targets are
                     # uniform over the range): one arch per step is SGNAS's one constraint per batch;
                     # more spread the same images over more targets.
@@ -507,6 +569,29 @@ class Generator(nn.Module):
                 frozen.restore()
             self.eval()
         return last
+
+    def _policy_loss(self, supernet: nn.Module, space: "SearchSpace", cost_model: Any, x: torch.Tensor,
+                     y: torch.Tensor, cfg: GeneratorConfig, gen: torch.Generator,
+                     scale: "_RunningScale") -> tuple[torch.Tensor, torch.Tensor]:
+        """REINFORCE on single paths: draw `policy_archs` archs for one target from the generator's
+        softmax, score each on the same images (no gradient through the supernet), and reward the
+        ones whose cross-entropy is lower than a least-squares fit of CE on their relative costs
+        predicts. The cost fit removes the "bigger is better" part of the reward, which the cost
+        penalty handles, and leaves what the generator should learn from the supernet: where to
+        spend a budget. Returns (policy loss, mean CE of the drawn archs)."""
+        raw = self._sample_targets(1, gen)
+        log_probs = [F.log_softmax(lg[0], -1) for lg in self(raw)]
+        drawn = torch.stack([torch.multinomial(lp.detach().exp().cpu().float(), cfg.policy_archs, replacement=True,
+                                               generator=gen) for lp in log_probs], 1)
+        archs = [space.repair(row) for row in drawn.tolist()]
+        with torch.no_grad():
+            ces = torch.stack([F.cross_entropy(supernet(x, arch), y) for arch in archs]).double().cpu()
+        costs = cost_model.costs(archs)
+        rel = torch.tensor(np.stack([costs[m] / float(raw[0, j]) for j, m in enumerate(self.metrics)], 1))
+        residual = ces - _ridge_fit(rel, ces)
+        advantage = -residual / scale.update(float(residual.std()))
+        picked = torch.stack([lp[drawn[:, p].to(lp.device)] for p, lp in enumerate(log_probs)], 1).sum(1)
+        return -(advantage.to(picked) * picked).mean(), ces.mean().float()
 
     def _sample_targets(self, n: int, gen: torch.Generator) -> torch.Tensor:
         u = torch.rand(n, len(self.metrics), generator=gen, dtype=torch.float64)
@@ -629,6 +714,28 @@ class _Frozen:
             for name, b in self.module.named_buffers():
                 if name in self.buffers:
                     b.copy_(self.buffers[name])
+
+
+def _ridge_fit(features: torch.Tensor, values: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
+    """Least-squares fit of `values` on an intercept plus centred `features` (a small ridge on the
+    slopes keeps draws of nearly equal cost from producing wild slopes); returns the fitted values."""
+    centred = features - features.mean(0)
+    gram = centred.T @ centred + ridge * len(values) * torch.eye(centred.shape[1], dtype=centred.dtype)
+    slopes = torch.linalg.solve(gram, centred.T @ (values - values.mean()))
+    return values.mean() + centred @ slopes
+
+
+class _RunningScale:
+    """Exponential average of the reward residuals' spread: advantages are in units of the typical
+    residual, so the policy term's size does not depend on how noisy the cross-entropy is."""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        self.momentum, self.value = momentum, None
+
+    def update(self, spread: float) -> float:
+        spread = spread if math.isfinite(spread) else 0.0
+        self.value = spread if self.value is None else self.momentum * self.value + (1 - self.momentum) * spread
+        return max(self.value, 1e-8)
 
 
 def _cycle(batches: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -38,7 +38,7 @@ def test_cost_targeting_on_20_targets_spread_over_the_range(spos, fitted):
     targets = spread_targets(spos, 20)
     lo, hi = spos.cost_range("macs")
     assert lo < targets[0] < targets[1] < targets[-1] < hi
-    rows = fitted.generate_with_costs(targets)
+    rows = fitted.generate_with_costs(targets, decode="argmax")  # the fit itself, no budget decoding
     exact = spos.cost_model().costs([r["arch"] for r in rows])["macs"]
     assert np.array_equal(exact, [r["macs"] for r in rows])  # reported costs are the cost model's
     st = targeting_stats(rows)
@@ -62,8 +62,9 @@ def test_generate_accepts_every_target_form(spos, fitted):
     assert parse_target(f"{lo / 1e6}M<=macs<={hi / 1e6}M", ("macs",))["macs"] == pytest.approx(mid)
 
 
-@pytest.mark.parametrize("name,ce_bn", [(n, "running") for n in MIXTURE_SPACES] + [("proxyless", "batch")])
-def test_fit_moves_only_the_generator_through_the_frozen_supernet(name, ce_bn):
+@pytest.mark.parametrize("name,ce_bn,estimator", [(n, "running", "gumbel") for n in MIXTURE_SPACES]
+                         + [("proxyless", "batch", "gumbel"), ("proxyless", "batch", "reinforce")])
+def test_fit_moves_only_the_generator_through_the_frozen_supernet(name, ce_bn, estimator):
     space = tiny(name)
     supernet = space.supernet().train()
     flags = [p.requires_grad for p in supernet.parameters()]
@@ -73,7 +74,8 @@ def test_fit_moves_only_the_generator_through_the_frozen_supernet(name, ce_bn):
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))]
     # cost_weight=0: any change of the generator must come from the cross-entropy through the supernet
-    last = gen.fit(supernet, space, batches, steps=2, ce_every=1, cost_targets=4, cost_weight=0.0, ce_bn=ce_bn)
+    last = gen.fit(supernet, space, batches, steps=2, ce_every=1, cost_targets=4, cost_weight=0.0, ce_bn=ce_bn,
+                   ce_estimator=estimator, image_batch=4)
     assert np.isfinite(last["ce"]) and last["ce"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(start, gen.parameters()))
     after = supernet.state_dict()
@@ -102,11 +104,12 @@ def test_ce_archs_splits_the_images_among_several_drawn_archs():
     batches = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))]
     gen = Generator(space, hidden=16, frequencies=2)
     gen.fit(Recording(), space, batches, steps=1, ce_every=1, image_batch=6, ce_archs=3, cost_targets=8,
-            tau_start=50.0, tau_end=50.0)   # hot: the three draws differ
+            tau_start=50.0, tau_end=50.0, ce_estimator="gumbel")   # hot: the three draws differ
     assert [n for n, _ in calls] == [2, 2, 2]
     assert len({arch for _, arch in calls}) == 3
     calls.clear()
-    Generator(space, hidden=16, frequencies=2).fit(Recording(), space, batches, steps=1, ce_every=1, image_batch=6)
+    Generator(space, hidden=16, frequencies=2).fit(Recording(), space, batches, steps=1, ce_every=1, image_batch=6,
+                                                   ce_estimator="gumbel")
     assert [n for n, _ in calls] == [6]
     with pytest.raises(ConfigError, match="ce_archs=7 needs at least as many images"):
         GeneratorConfig(image_batch=6, ce_archs=7)
@@ -138,10 +141,50 @@ def test_cross_entropy_steps_take_every_image_of_a_fixed_stream_in_turn():
 
     stream = [batch(0, 5), batch(5, 3)]
     Generator(space, hidden=16, frequencies=2).fit(Recording(), space, stream, steps=4, ce_every=1, image_batch=4,
-                                                   cost_targets=4)
+                                                   cost_targets=4, ce_estimator="gumbel")
     assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]
     with pytest.raises(ConfigError, match="ce_data must be one of train, val.*did you mean 'val'"):
         GeneratorConfig(ce_data="vall")
+
+
+def test_reinforce_learns_where_to_spend_the_budget_from_single_path_losses():
+    """An oracle 'supernet' whose loss is low when choice point 1 takes option 2 and which only runs
+    single paths (an Arch), never a mixture: with the cost penalty off, the policy-gradient estimator
+    alone must move the generator's argmax there, for every target. The drawn archs of one step all
+    see the same images, and the supernet's weights and flags are untouched."""
+    space = tiny("proxyless")
+    good = (1, 2)
+    calls = []
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, arch):
+            assert not isinstance(arch, list), "reinforce must run single paths"
+            calls.append(x[:, 0, 0, 0].tolist())
+            hit = arch.choices[good[0]] == good[1]
+            logits = torch.zeros(len(x), 10)
+            logits[:, 0] = 2.0 if hit else 0.0
+            return logits + self.w
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 8, 8, generator=g), torch.zeros(8, dtype=torch.long))]
+    oracle = Oracle()
+    gen = Generator(space, hidden=16, frequencies=2)
+    before = [int(lg.argmax()) for lg in gen(gen.target_tensor(spread_targets(space, 1)))]
+    assert before[good[0]] != good[1]
+    gen.fit(oracle, space, batches, steps=150, lr=0.03, ce_every=1, image_batch=8, cost_weight=0.0,
+            ce_estimator="reinforce", policy_archs=6)
+    assert len(calls) == 150 * 6 and all(c == calls[0] for c in calls[:6])  # one step: same images
+    for arch in gen.generate(spread_targets(space, 5)):
+        assert arch.choices[good[0]] == good[1]
+    assert oracle.w.grad is None and oracle.w.requires_grad and float(oracle.w.detach()) == 0.0
+    with pytest.raises(ConfigError, match="policy_archs >= 3"):
+        GeneratorConfig(ce_estimator="reinforce", policy_archs=2)
+    with pytest.raises(ConfigError, match="ce_estimator must be one of gumbel, reinforce.*did you mean 'reinforce'"):
+        GeneratorConfig(ce_estimator="reinforc")
 
 
 def test_save_load_round_trip_and_load_errors(spos, fitted, tmp_path):
@@ -222,14 +265,14 @@ def test_prior_pool_archs_sit_at_their_levels_and_condition_the_generator(spos, 
         assert abs(cost_model.cost(arch)["macs"] / level - 1) <= 0.02
     raw = gen.target_tensor(targets)
     nearest = [spos.repair(row) for row in gen.pool_priors(raw).tolist()]
-    assert gen.generate(targets) == nearest  # gain 1, near-zero MLP output: the prior wins
+    assert gen.generate(targets, decode="argmax") == nearest  # gain 1, near-zero MLP output: the prior wins
     for t, arch in zip(targets, nearest):  # and it is the pool arch whose cost is nearest the target
         assert abs(cost_model.cost(arch)["macs"] - t) == min(abs(cost_model.cost(a)["macs"] - t) for a in pool)
     largest = spos.largest()
-    assert gen.generate(targets[:2], priors=[spos.encode(largest), None]) == [largest, nearest[1]]
+    assert gen.generate(targets[:2], priors=[spos.encode(largest), None], decode="argmax") == [largest, nearest[1]]
 
     gen.fit(None, spos, None, steps=300, ce_weight=0)
-    st = targeting_stats(gen.generate_with_costs(targets))
+    st = targeting_stats(gen.generate_with_costs(targets, decode="argmax"))  # the fit itself, no budget decoding
     assert st["mean_abs_rel_error"] <= 0.03 and st["within_band"] >= 0.95 and st["over_band"] == 0, st
     loaded = Generator.load(gen.save(tmp_path / "g.pt"), spos)
     assert loaded.prior_pool == 8 and loaded.generate(targets) == gen.generate(targets)
@@ -285,6 +328,14 @@ def test_cli_generate_fit_and_generate_on_a_tiny_run(tmp_path, capsys):
         assert arch == row["arch"] and line.startswith(target)
         assert f"{cost_model.cost(arch)['macs'] / 1e6:.3f}" in line
         assert f"{row['accuracy'] * 100:.2f}%" in line and 0.0 <= row["accuracy"] <= 1.0
+
+    # --decode budget: the same fitted generator, no arch above its target, rows as run.generate's
+    assert main(["generate", str(run_dir), "--targets", ",".join(targets), "--decode", "budget", "--json"]) == 0
+    budget = json.loads(capsys.readouterr().out)
+    assert [r["text"] for r in budget] == [r["text"] for r in run.generate(targets, decode="budget")]
+    assert all(-0.05 <= r["error_macs"] <= 0 for r in budget)
+    assert main(["generate", str(run_dir), "--targets", targets[0], "--decode", "budgett"]) == 2
+    assert "did you mean 'budget'" in capsys.readouterr().err
 
     assert main(["generate", str(run_dir), "--targets", "1K"]) == 2
     err = capsys.readouterr().err
