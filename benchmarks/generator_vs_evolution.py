@@ -66,6 +66,9 @@ def main() -> None:
                              "data.max_test: one arch's accuracy on 1,000 images is +-1.6 points of noise")
     parser.add_argument("--save-generator", default=None, metavar="PATH",
                         help="also save the fitted generator to PATH (the run folder is never written)")
+    parser.add_argument("--generator-from", default=None, metavar="PATH",
+                        help="score a generator saved by --save-generator instead of fitting one (its "
+                             "config and fit time come from the file; --gen changes only decoding)")
     args = parser.parse_args()
 
     run = Run.open(args.run, progress=False)
@@ -86,12 +89,21 @@ def main() -> None:
     evaluator = run.evaluator(supernet)
     targets = spread_targets(space, args.targets)
 
-    gen = Generator.from_config(space, gcfg)
-    t0 = time.perf_counter()
-    final = gen.fit(supernet, space, run.generator_batches(gcfg), gcfg, device=run.device)
-    fit_s = time.perf_counter() - t0
+    if args.generator_from:
+        gen = Generator.load(args.generator_from, space, run.device)
+        fitted = gen.info["config"]
+        decoding = {k: v for k, v in changes.items() if k in ("decode", "decode_band")}
+        if set(changes) - set(decoding):
+            raise SystemExit(f"--generator-from takes no fitting knobs: {sorted(set(changes) - set(decoding))}")
+        gcfg = run.cfg.generator.replace(**fitted).replace(**decoding)
+        final, fit_s = gen.info["final_losses"], gen.info["fit_seconds"]
+    else:
+        gen = Generator.from_config(space, gcfg)
+        t0 = time.perf_counter()
+        final = gen.fit(supernet, space, run.generator_batches(gcfg), gcfg, device=run.device)
+        fit_s = time.perf_counter() - t0
     if args.save_generator:
-        gen.save(args.save_generator, info={"config": to_dict(gcfg), "final_losses": final})
+        gen.save(args.save_generator, info={"config": to_dict(gcfg), "final_losses": final, "fit_seconds": fit_s})
 
     decoding = {"decode": gcfg.decode, "band": gcfg.decode_band}
     gen.generate(targets, **decoding)  # warm-up, then the median of a few timed passes (milliseconds)
