@@ -60,7 +60,7 @@ Target = Union[float, int, str, Mapping[str, Union[float, int, str]]]
 CE_BN = ("running", "batch")  # BatchNorm statistics in the cross-entropy forward (docs/generator.md)
 # The run's image stream a pipeline fit draws its cross-entropy batches from: the supernet's training
 # split, or the search-validation split (as SGNAS, which trains its generator on the validation loader;
-# measured worse on held-out images here, docs/generator.md).
+# with the default estimator: better on the quickstart, much worse on reduced CIFAR-10, docs/generator.md).
 CE_DATA = ("train", "val")
 # How the cross-entropy reaches the generator: through a straight-through Gumbel-softmax mixture forward
 # (SGNAS), or as a policy-gradient reward of single-path archs drawn from it (docs/generator.md).
@@ -74,10 +74,13 @@ PRIOR_BAND = 0.02  # a prior pool arch costs within +-2% of its level
 PRIOR_DRAWS = 8192  # uniform draws per level before walking in from the space's extremes
 
 
-def _check_decode(decode: str) -> None:
+def _check_decode(decode: str, band: float) -> None:
     if decode not in DECODES:
         raise ConfigError(f"generator decode must be one of {', '.join(DECODES)}, got {decode!r}"
                           f"{did_you_mean(str(decode), DECODES)}")
+    if isinstance(band, bool) or not isinstance(band, (int, float)) or not 0 < band < 1:
+        raise ConfigError(f"generator decode_band (the budget window below the target) must be in (0, 1), "
+                          f"got {band!r}")
 
 
 @dataclass
@@ -146,9 +149,7 @@ class GeneratorConfig:
             raise ConfigError(f"generator.ce_estimator=reinforce scores each drawn arch against a regression of "
                               f"the cross-entropy on its {len(self.metrics)} cost metric(s) over the step's archs, "
                               f"which needs policy_archs >= {len(self.metrics) + 2}, got {self.policy_archs}")
-        _check_decode(self.decode)
-        if not 0 < self.decode_band < 1:
-            raise ConfigError(f"generator.decode_band must be in (0, 1), got {self.decode_band!r}")
+        _check_decode(self.decode, self.decode_band)
         if self.ce_data not in CE_DATA:
             raise ConfigError(f"generator.ce_data must be one of {', '.join(CE_DATA)}, got {self.ce_data!r}"
                               f"{did_you_mean(str(self.ce_data), CE_DATA)}")
@@ -432,7 +433,7 @@ class Generator(nn.Module):
         `priors` (generators with a prior pool only): one prior arch per target, None for the pool's."""
         space = space or self._space
         self._check_space(space)
-        _check_decode(decode)
+        _check_decode(decode, band)
         targets = self._as_list(targets)
         if not targets:
             return []
@@ -455,8 +456,6 @@ class Generator(nn.Module):
         """Per target, the most likely arch whose every metric lies in [target * (1 - band), target]."""
         from flexnas.search.budget import BudgetDecoder
 
-        if not 0 < band < 1:
-            raise ConfigError(f"the budget window's band must be in (0, 1), got {band}")
         decoder = BudgetDecoder(space.cost_model(), self.option_counts)
         logp = [F.log_softmax(lg.double(), -1).cpu().numpy() for lg in logits]
         out = []

@@ -82,5 +82,6 @@ def test_generate_with_the_budget_decoder_never_exceeds_a_target():
     assert narrow["min_rel_error"] >= -0.03 and narrow["max_rel_error"] <= 0
     with pytest.raises(ConfigError, match="decode must be one of argmax, budget.*did you mean 'budget'"):
         gen.generate(targets, decode="budgte")
-    with pytest.raises(ConfigError, match=r"decode_band must be in \(0, 1\)"):
-        GeneratorConfig(decode_band=1.5)
+    for bad in (GeneratorConfig, lambda decode_band: gen.generate(targets, band=decode_band)):
+        with pytest.raises(ConfigError, match=r"decode_band .*must be in \(0, 1\), got 1.5"):
+            bad(decode_band=1.5)
