@@ -202,8 +202,8 @@ def cmd_generate_fit(args: argparse.Namespace) -> int:
     final = gen.info["final"]
     print(f"generator fitted in {gen.info['fit_seconds']:.1f}s ({len(gen.metrics)} metric(s): "
           f"{', '.join(gen.metrics)}; final cost loss {final['cost']:.5f}): {run.generator_path}")
+    cfg = run.cfg.generator
     for m in gen.metrics if len(gen.metrics) == 1 else ():
-        cfg = run.cfg.generator
         st = targeting_stats(gen.generate_with_costs(spread_targets(run.space, 20, m), decode=cfg.decode,
                                                      band=cfg.decode_band), m)
         print(f"{m} targeting on 20 targets spread over the range: mean |error| {st['mean_abs_rel_error'] * 100:.2f}%, "

@@ -79,10 +79,14 @@ class BudgetDecoder:
         """The change with the best log-probability per unit of violation removed: single-point
         changes first, two-point ones when no single change gets closer (a narrow window between
         two coarse steps, e.g. dropping a layer overshoots and needs another layer to grow)."""
-        singles = np.flatnonzero(self.move_option != choice[self.move_point])
-        real = self._real_pairs(choice)
-        for moves, move_gain in (((singles,), gain[singles]),
-                                 ((self.pair_a[real], self.pair_b[real]), gain[self.pair_a[real]] + gain[self.pair_b[real]])):
+        def candidates():  # the two-point moves are built only if no single move helps
+            singles = np.flatnonzero(self.move_option != choice[self.move_point])
+            yield (singles,), gain[singles]
+            real = self._real_pairs(choice)
+            a, b = self.pair_a[real], self.pair_b[real]
+            yield (a, b), gain[a] + gain[b]
+
+        for moves, move_gain in candidates():
             best, best_rate = None, -np.inf
             for start in range(0, len(move_gain), PAIR_CHUNK):
                 part = tuple(m[start:start + PAIR_CHUNK] for m in moves)

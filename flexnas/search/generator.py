@@ -541,17 +541,17 @@ class Generator(nn.Module):
                     x, y = next(stream)  # type: ignore[arg-type]
                     x = prepare_input(x, device, channels_last=True)
                     y = y.to(device)
-                if use_ce and step % cfg.ce_every == 0 and cfg.ce_estimator == "reinforce":
-                    policy, ce = self._policy_loss(supernet, space, cost_model, x, y, cfg, gen, residual_scale)
-                    loss = loss + cfg.ce_weight * policy
-                elif use_ce and step % cfg.ce_every == 0:
-                    # The images are split among the first `ce_archs` drawn archs (their targets are
-                    # uniform over the range): one arch per step is SGNAS's one constraint per batch;
-                    # more spread the same images over more targets.
-                    parts = zip(torch.tensor_split(x, cfg.ce_archs), torch.tensor_split(y, cfg.ce_archs))
-                    ce = sum(F.cross_entropy(supernet(xa, [p[a] for p in drawn]), ya, reduction="sum")  # type: ignore[misc]
-                             for a, (xa, ya) in enumerate(parts)) / len(y)
-                    loss = loss + cfg.ce_weight * ce
+                    if cfg.ce_estimator == "reinforce":
+                        policy, ce = self._policy_loss(supernet, space, cost_model, x, y, cfg, gen, residual_scale)
+                        loss = loss + cfg.ce_weight * policy
+                    else:
+                        # The images are split among the first `ce_archs` drawn archs (their targets are
+                        # uniform over the range): one arch per step is SGNAS's one constraint per batch;
+                        # more spread the same images over more targets.
+                        parts = zip(torch.tensor_split(x, cfg.ce_archs), torch.tensor_split(y, cfg.ce_archs))
+                        ce = sum(F.cross_entropy(supernet(xa, [p[a] for p in drawn]), ya,  # type: ignore[misc]
+                                                 reduction="sum") for a, (xa, ya) in enumerate(parts)) / len(y)
+                        loss = loss + cfg.ce_weight * ce
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
